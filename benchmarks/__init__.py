@@ -1,0 +1,1 @@
+"""lrr_optax's benchmark suite: ``python -m benchmarks``."""

@@ -1,0 +1,31 @@
+"""lrr_optax: learning rates that learn themselves, to any order, as optax transformations.
+
+References:
+  Baydin et al., "Online Learning Rate Adaptation with Hypergradient Descent", ICLR 2018.
+  Chandra et al., "Gradient Descent: The Ultimate Optimizer", NeurIPS 2022.
+  The seed write-up, "Learning Rate Rates".
+"""
+
+from ._alias import lrr_adam as lrr_adam
+from ._alias import lrr_adamw as lrr_adamw
+from ._alias import lrr_sgd as lrr_sgd
+from ._inspect import learning_rates as learning_rates
+from ._inspect import summarize as summarize
+from ._inspect import update_with_hypergradients as update_with_hypergradients
+from ._transform import Hypergradients as Hypergradients
+from ._transform import LearningRateRatesState as LearningRateRatesState
+from ._transform import learning_rate_rates as learning_rate_rates
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Hypergradients",
+    "LearningRateRatesState",
+    "learning_rate_rates",
+    "learning_rates",
+    "lrr_adam",
+    "lrr_adamw",
+    "lrr_sgd",
+    "summarize",
+    "update_with_hypergradients",
+]

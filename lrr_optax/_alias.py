@@ -1,0 +1,140 @@
+"""Aliases in optax's manner: SGD, Adam and AdamW whose learning rates learn themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optax
+
+from ._transform import DEFAULT_RATES, learning_rate_rates
+
+
+def lrr_sgd(
+    learning_rate: optax.ScalarOrSchedule,
+    rates: Sequence[optax.ScalarOrSchedule] = DEFAULT_RATES,
+    *,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    **options: Any,
+) -> optax.GradientTransformationExtraArgs:
+    r"""SGD (optionally with momentum) with learning rates of learning rates.
+
+    The direction is the gradient, or its momentum trace
+    :math:`d_n = g_n + \mu d_{n-1}` (``optax.trace``); the rates adapt as in
+    :func:`learning_rate_rates`. At order 1, global granularity and the additive rule
+    with no bounds, this is SGD-HD of Baydin et al. (2018).
+
+    Args:
+      learning_rate: the initial learning rate η⁽⁰⁾.
+      rates: initial η⁽¹⁾ … η⁽ᵐ⁻¹⁾, then the fixed (or scheduled) top rate.
+      momentum: the momentum decay μ, or ``None`` for plain SGD.
+      nesterov: whether to use Nesterov momentum.
+      **options: keyword options of :func:`learning_rate_rates` (``schedule``,
+        ``granularity``, ``rule``, ``clip``, ``bounds``, ``state_dtype``, …).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+      >>> import jax.numpy as jnp, lrr_optax
+      >>> tx = lrr_optax.lrr_sgd(1e-2, momentum=0.9)
+      >>> state = tx.init({"w": jnp.zeros(3)})
+
+    References:
+      Baydin et al., "Online Learning Rate Adaptation with Hypergradient Descent", 2018.
+    """
+    direction = optax.trace(decay=momentum, nesterov=nesterov) if momentum is not None else None
+    return learning_rate_rates(learning_rate, rates, direction=direction, **options)
+
+
+def lrr_adam(
+    learning_rate: optax.ScalarOrSchedule,
+    rates: Sequence[optax.ScalarOrSchedule] = DEFAULT_RATES,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    nesterov: bool = False,
+    **options: Any,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Adam with learning rates of learning rates.
+
+    The direction is Adam's, :math:`d_n = \hat m_n / (\sqrt{\hat v_n} + \epsilon)`
+    (``optax.scale_by_adam``), and the hypergradient of η⁽⁰⁾ uses the previous Adam
+    direction, :math:`h^{(0)}_n = -g_n \odot d_{n-1}`, as Adam-HD of Baydin et al. (2018).
+
+    Args:
+      learning_rate: the initial learning rate η⁽⁰⁾.
+      rates: initial η⁽¹⁾ … η⁽ᵐ⁻¹⁾, then the fixed (or scheduled) top rate.
+      b1: Adam's first-moment decay.
+      b2: Adam's second-moment decay.
+      eps: added to the root of the second moment.
+      eps_root: added inside the root.
+      nesterov: whether to use the Nesterov variant (NAdam).
+      **options: keyword options of :func:`learning_rate_rates`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+      >>> import jax.numpy as jnp, lrr_optax
+      >>> tx = lrr_optax.lrr_adam(1e-3)
+      >>> state = tx.init({"w": jnp.zeros(3)})
+
+    References:
+      Kingma and Ba, "Adam", 2015. Baydin et al., "Online Learning Rate Adaptation with
+      Hypergradient Descent", 2018.
+    """
+    direction = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov)
+    return learning_rate_rates(learning_rate, rates, direction=direction, **options)
+
+
+def lrr_adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    rates: Sequence[optax.ScalarOrSchedule] = DEFAULT_RATES,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    weight_decay: float = 1e-4,
+    mask: Any | Callable[[optax.Params], Any] | None = None,
+    nesterov: bool = False,
+    **options: Any,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AdamW with learning rates of learning rates.
+
+    As ``optax.adamw``, the decoupled weight decay is part of the direction and is scaled
+    by the learning rate: :math:`d_n = \mathrm{adam}(g_n) + \lambda\theta_n`, update
+    :math:`-\eta^{(0)} \odot d_n`. The hypergradient uses this whole direction.
+
+    Args:
+      learning_rate: the initial learning rate η⁽⁰⁾.
+      rates: initial η⁽¹⁾ … η⁽ᵐ⁻¹⁾, then the fixed (or scheduled) top rate.
+      b1: Adam's first-moment decay.
+      b2: Adam's second-moment decay.
+      eps: added to the root of the second moment.
+      eps_root: added inside the root.
+      weight_decay: the decoupled weight decay λ.
+      mask: which parameters to decay, as in ``optax.add_decayed_weights``.
+      nesterov: whether to use the Nesterov variant.
+      **options: keyword options of :func:`learning_rate_rates`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Example:
+      >>> import jax.numpy as jnp, lrr_optax
+      >>> tx = lrr_optax.lrr_adamw(1e-3, weight_decay=1e-2)
+      >>> state = tx.init({"w": jnp.zeros(3)})
+
+    References:
+      Loshchilov and Hutter, "Decoupled Weight Decay Regularization", 2019.
+    """
+    direction = optax.chain(
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov),
+        optax.add_decayed_weights(weight_decay, mask),
+    )
+    return learning_rate_rates(learning_rate, rates, direction=direction, **options)

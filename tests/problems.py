@@ -1,0 +1,82 @@
+"""Shared problem registry for the tests: small losses that change every step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Problem(NamedTuple):
+    """A stochastic problem: ``loss(params, step)`` changes with the step."""
+
+    name: str
+    params: Callable[[jnp.dtype], dict]
+    loss: Callable[[dict, int], jax.Array]
+
+
+def _batch(step, dtype):
+    key = jax.random.fold_in(jax.random.key(0), step)
+    kx, ky = jax.random.split(key)
+    x = jax.random.normal(kx, (5, 3), dtype)
+    y = jax.random.normal(ky, (5, 2), dtype)
+    return x, y
+
+
+def _regression_params(dtype):
+    key = jax.random.key(1)
+    return {
+        "w": 0.5 * jax.random.normal(key, (3, 2), dtype),
+        "b": jnp.asarray([0.1, -0.2], dtype),
+    }
+
+
+def _regression_loss(params, step):
+    x, y = _batch(step, params["w"].dtype)
+    pred = jnp.tanh(x @ params["w"] + params["b"])
+    return jnp.mean(jnp.square(pred - y)) + 0.1 * jnp.sum(jnp.square(params["b"]))
+
+
+def _nested_params(dtype):
+    key = jax.random.key(2)
+    return {
+        "layer": {"kernel": 0.3 * jax.random.normal(key, (3, 4), dtype)},
+        "out": (jnp.linspace(-0.5, 0.5, 4, dtype=dtype), jnp.asarray(0.2, dtype)),
+    }
+
+
+def _nested_loss(params, step):
+    x, y = _batch(step, params["out"][0].dtype)
+    hidden = jax.nn.softplus(x @ params["layer"]["kernel"])
+    pred = hidden @ params["out"][0] + params["out"][1]
+    return jnp.mean(jnp.square(pred - y[:, 0])) + 0.05 * jnp.sum(hidden**2) / hidden.size
+
+
+PROBLEMS = {
+    "regression": Problem("regression", _regression_params, _regression_loss),
+    "nested": Problem("nested", _nested_params, _nested_loss),
+}
+
+
+def optax_promotion(tx):
+    """Run an optax transformation under standard dtype promotion.
+
+    Our tests run with strict promotion to keep lrr_optax's own code explicit about dtypes;
+    some optax transformations (e.g. ``scale_by_adam``'s bias correction) rely on implicit
+    promotion, which is optax's business, not ours.
+    """
+    import optax
+
+    tx = optax.with_extra_args_support(tx)
+
+    def init(params):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.init(params)
+
+    def update(updates, state, params=None, **extra):
+        with jax.numpy_dtype_promotion("standard"):
+            return tx.update(updates, state, params, **extra)
+
+    return optax.GradientTransformationExtraArgs(init, update)

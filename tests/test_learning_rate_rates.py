@@ -1,0 +1,406 @@
+"""``learning_rate_rates``: anchors, the α cache, order 0, faults, arguments."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lrr_optax
+
+from .problems import PROBLEMS, optax_promotion
+
+PROBLEM = PROBLEMS["regression"]
+
+
+def _flat(tree):
+    return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
+
+
+def _run(tx, steps, problem=PROBLEM, dtype=jnp.float64, jit=True):
+    params = problem.params(dtype)
+    state = tx.init(params)
+    update = jax.jit(tx.update) if jit else tx.update
+    trajectory = []
+    for n in range(steps):
+        updates, state = update(jax.grad(problem.loss)(params, n), state, params)
+        params = optax.apply_updates(params, updates)
+        trajectory.append(params)
+    return params, state, trajectory
+
+
+# --- anchors: Baydin's SGD-HD and Adam-HD, Chandra's stacked hyperoptimizers -------------
+
+
+def test_order1_global_equals_baydin_sgd_hd():
+    alpha0, beta, steps = 0.05, 0.02, 30
+    tx = lrr_optax.learning_rate_rates(alpha0, (beta,), granularity="global", bounds=None)
+    _, state, trajectory = _run(tx, steps)
+
+    theta = _flat(PROBLEM.params(jnp.float64))
+    unflatten = _unflattener()
+    alpha, g_prev = alpha0, np.zeros_like(theta)
+    for n in range(steps):
+        g = _flat(jax.grad(PROBLEM.loss)(unflatten(theta), n))
+        alpha = alpha + beta * g @ g_prev  # α_t = α_{t−1} + β g_t·g_{t−1}
+        theta = theta - alpha * g
+        g_prev = g
+        np.testing.assert_allclose(_flat(trajectory[n]), theta, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(float(state.etas[0]), alpha, rtol=1e-12)
+
+
+def test_order1_global_equals_baydin_adam_hd():
+    alpha0, beta, steps = 0.01, 1e-4, 30
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    tx = lrr_optax.learning_rate_rates(
+        alpha0,
+        (beta,),
+        granularity="global",
+        bounds=None,
+        direction=optax_promotion(optax.scale_by_adam(b1, b2, eps)),
+    )
+    _, state, trajectory = _run(tx, steps)
+
+    theta = _flat(PROBLEM.params(jnp.float64))
+    unflatten = _unflattener()
+    alpha = alpha0
+    m = np.zeros_like(theta)
+    v = np.zeros_like(theta)
+    u_prev = np.zeros_like(theta)
+    for n in range(steps):
+        g = _flat(jax.grad(PROBLEM.loss)(unflatten(theta), n))
+        alpha = alpha + beta * g @ u_prev  # uses the previous *Adam direction*
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        u = (m / (1 - b1 ** (n + 1))) / (np.sqrt(v / (1 - b2 ** (n + 1))) + eps)
+        theta = theta - alpha * u
+        u_prev = u
+        np.testing.assert_allclose(_flat(trajectory[n]), theta, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(float(state.etas[0]), alpha, rtol=1e-10)
+
+
+@pytest.mark.parametrize("height", [1, 2, 3, 4])
+def test_cascade_global_equals_stacked_sgd_hyperoptimizers(height):
+    """Chandra et al.'s stack: each level's step size is descended through one step's graph."""
+    initial = [0.05] + [0.01] * (height - 1)
+    top, steps = 1e-3, 25
+    tx = lrr_optax.learning_rate_rates(
+        initial[0], (*initial[1:], top), schedule="cascade", granularity="global", bounds=None
+    )
+    _, state, trajectory = _run(tx, steps)
+
+    # A hyperoptimizer stack in the manner of "Gradient Descent: The Ultimate Optimizer":
+    # the new values are built from the old ones with the previous step's (detached)
+    # gradients; backpropagating this step's loss through that one-step graph gives the
+    # gradient of every level at once.
+    def advance(old_theta, old_levels, grads_theta, grads_levels):
+        levels = list(old_levels)
+        for j in reversed(range(height)):
+            above = top if j == height - 1 else levels[j + 1]
+            levels[j] = old_levels[j] - above * grads_levels[j]
+        theta = jax.tree.map(lambda p, g: p - levels[0] * g, old_theta, grads_theta)
+        return theta, levels
+
+    # At step n the current values are advance(old values, previous gradients); the
+    # gradients of step n are those of L_n through that graph, with respect to the old values.
+    old = (PROBLEM.params(jnp.float64), [jnp.asarray(x) for x in initial])
+    grads = jax.tree.map(jnp.zeros_like, old)
+    for n in range(steps):
+        current = advance(*old, *grads)
+
+        def loss_through_graph(old, grads=grads, n=n):
+            return PROBLEM.loss(advance(*old, *grads)[0], n)
+
+        grads = jax.grad(loss_through_graph)(old)
+        old = current
+        theta, levels = advance(*old, *grads)
+        np.testing.assert_allclose(_flat(trajectory[n]), _flat(theta), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(float(state.etas[0]), float(levels[0]), rtol=1e-12)
+
+
+def _unflattener():
+    params = PROBLEM.params(jnp.float64)
+    leaves, treedef = jax.tree.flatten(params)
+    shapes = [leaf.shape for leaf in leaves]
+    sizes = [leaf.size for leaf in leaves]
+
+    def unflatten(flat):
+        parts = np.split(flat, np.cumsum(sizes)[:-1])
+        return treedef.unflatten([jnp.asarray(p.reshape(s)) for p, s in zip(parts, shapes)])
+
+    return unflatten
+
+
+# --- the α cache: its size and the ring -----------------------------------------------------
+
+
+def _buffers(ring_tree, params):
+    """How many parameter-sized buffers a ring (stacked on axis 0) holds."""
+    leaves = jax.tree.leaves(ring_tree)
+    assert len(leaves) == len(jax.tree.leaves(params))
+    sizes = {leaf.shape[0] for leaf in leaves}
+    assert len(sizes) == 1
+    for leaf, p in zip(leaves, jax.tree.leaves(params), strict=True):
+        assert leaf.shape[1:] == p.shape
+    return sizes.pop()
+
+
+@pytest.mark.parametrize("order", [0, 1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+def test_alpha_cache_size(order, schedule):
+    params = PROBLEM.params(jnp.float64)
+    tx = lrr_optax.learning_rate_rates(0.1, (1e-3,) * order, schedule=schedule)
+    state = tx.init(params)
+    buffers = sum(_buffers(ring, params) for ring in state.alphas)
+    expected = order * (order - 1) // 2 if schedule == "simultaneous" else max(order - 1, 0)
+    assert buffers == expected
+    assert len(state.etas) == order
+    if order:
+        jax.tree.map(
+            lambda d, p: np.testing.assert_equal(d.shape, p.shape), state.prev_direction, params
+        )
+
+
+def test_alpha_cache_is_a_ring_written_one_slot_per_step():
+    params = PROBLEM.params(jnp.float64)
+    order = 5
+    tx = lrr_optax.learning_rate_rates(0.05, (0.5,) * order, bounds=None)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for n in range(20):
+        new_updates, new_state = update(jax.grad(PROBLEM.loss)(params, n), state, params)
+        for j, (old_ring, new_ring) in enumerate(zip(state.alphas, new_state.alphas), start=1):
+            slot = n % j
+            for old, new in zip(jax.tree.leaves(old_ring), jax.tree.leaves(new_ring)):
+                for k in range(j):
+                    if k != slot:  # untouched slots are bit-identical
+                        np.testing.assert_array_equal(old[k], new[k])
+        state = new_state
+        params = optax.apply_updates(params, new_updates)
+    # After enough steps every slot of every ring holds a distinct, non-zero α.
+    for ring in state.alphas:
+        for leaf in jax.tree.leaves(ring):
+            assert np.all(np.any(leaf != 0, axis=tuple(range(1, leaf.ndim))))
+
+
+def test_step_reads_and_writes_one_slot_per_order():
+    # The compiled step touches the ring with one dynamic slice and one dynamic update per
+    # ring of size > 1 and leaf: no concatenation or shifting of the whole cache.
+    params = {"w": jnp.zeros((8,), jnp.float32)}
+    tx = lrr_optax.learning_rate_rates(0.1, (1e-3,) * 5)
+    state = tx.init(params)
+    jaxpr = str(jax.make_jaxpr(tx.update)(params, state, params))
+    rings_longer_than_one = 3  # sizes 2, 3, 4
+    assert len(re.findall(r"\bdynamic_update_slice\b", jaxpr)) == rings_longer_than_one
+    assert len(re.findall(r"\bdynamic_slice\b", jaxpr)) == rings_longer_than_one
+    assert "concatenate" not in jaxpr
+
+
+# --- order 0, compilation, odd trees, dtypes ----------------------------------------------
+
+
+def test_order0_equals_optax_sgd_exactly():
+    tx = lrr_optax.learning_rate_rates(0.1, ())
+    reference = optax.sgd(0.1)
+    params, _, _ = _run(tx, 10)
+    expected, _, _ = _run(reference, 10)
+    jax.tree.map(np.testing.assert_array_equal, params, expected)
+
+
+def test_order0_scales_any_direction():
+    direction = optax_promotion(optax.scale_by_adam())
+    tx = lrr_optax.learning_rate_rates(0.01, (), direction=direction)
+    reference = optax.chain(optax_promotion(optax.scale_by_adam()), optax.scale(-0.01))
+    params, _, _ = _run(tx, 10)
+    expected, _, _ = _run(reference, 10)
+    # Equal up to the order of one multiplication inside a fused kernel.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-15), params, expected)
+
+
+def test_order0_accepts_a_schedule():
+    schedule = optax.linear_schedule(0.1, 0.01, 5)
+    params, _, _ = _run(lrr_optax.learning_rate_rates(schedule, ()), 8)
+    expected, _, _ = _run(optax.sgd(schedule), 8)
+    jax.tree.map(np.testing.assert_array_equal, params, expected)
+
+
+@pytest.mark.parametrize("rule", ["additive", "normalized", "multiplicative", "log_normalized"])
+def test_jit_and_eager_agree(rule):
+    tx = lrr_optax.learning_rate_rates(0.05, (1e-2, 1e-3), rule=rule, schedule="simultaneous")
+    eager, eager_state, _ = _run(tx, 8, jit=False)
+    jitted, jit_state, _ = _run(tx, 8, jit=True)
+    for a, b in zip(jax.tree.leaves((eager, eager_state)), jax.tree.leaves((jitted, jit_state))):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-300)
+
+
+@pytest.mark.parametrize("granularity", ["parameter", "tensor", "global"])
+def test_empty_pytree(granularity):
+    tx = lrr_optax.learning_rate_rates(0.1, (1e-2, 1e-3), granularity=granularity)
+    state = tx.init({})
+    updates, state = jax.jit(tx.update)({}, state, {})
+    assert updates == {}
+    assert int(state.count) == 1
+
+
+@pytest.mark.parametrize("granularity", ["parameter", "tensor", "global"])
+def test_zero_size_leaves(granularity):
+    params = {"empty": jnp.zeros((0, 3)), "w": jnp.ones(2)}
+    tx = lrr_optax.learning_rate_rates(0.1, (1e-2, 1e-3), granularity=granularity)
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = jax.jit(tx.update)(params, state, params)
+    assert updates["empty"].shape == (0, 3)
+    assert np.all(np.isfinite(updates["w"]))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64])
+@pytest.mark.parametrize("state_dtype", [None, jnp.float32])
+def test_update_dtypes_follow_params(dtype, state_dtype):
+    params = {"w": jnp.ones((3,), dtype), "b": jnp.zeros((2,), dtype)}
+    tx = lrr_optax.learning_rate_rates(0.1, (1e-2, 1e-3), state_dtype=state_dtype)
+    state = tx.init(params)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    updates, new_state = jax.jit(tx.update)(grads, state, params)
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+        assert u.dtype == p.dtype
+    expected = jnp.dtype(state_dtype or dtype)
+    for leaf in jax.tree.leaves((new_state.etas, new_state.alphas, new_state.prev_direction)):
+        assert leaf.dtype == expected
+    # The state's dtypes are a fixed point of update (optax's lax.cond test).
+    jax.tree.map(lambda a, b: np.testing.assert_equal(a.dtype, b.dtype), state, new_state)
+
+
+# --- numeric faults --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("rule", ["additive", "normalized", "multiplicative", "log_normalized"])
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+def test_nonfinite_gradient_never_enters_the_state(bad, rule, schedule):
+    params = PROBLEM.params(jnp.float64)
+    tx = lrr_optax.learning_rate_rates(0.05, (1e-2, 1e-3), rule=rule, schedule=schedule)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for n in range(12):
+        grads = jax.grad(PROBLEM.loss)(params, n)
+        if n in (4, 7):  # poison one element, then a whole leaf
+            grads = {"w": grads["w"].at[0, 0].set(bad), "b": grads["b"]}
+        if n == 7:
+            grads["b"] = jnp.full_like(grads["b"], bad)
+        before = state
+        updates, state = update(grads, state, params)
+        for leaf in jax.tree.leaves((state, updates)):
+            assert np.all(np.isfinite(leaf))
+        if n == 7:
+            # A wholly non-finite leaf neither moves its parameters nor its rates.
+            np.testing.assert_array_equal(updates["b"], 0.0)
+            for old, new in zip(before.etas, state.etas):
+                np.testing.assert_array_equal(old["b"], new["b"])
+        params = optax.apply_updates(params, updates)
+    assert PROBLEM.loss(params, 0) < PROBLEM.loss(PROBLEM.params(jnp.float64), 0)
+
+
+def test_overflowing_hypergradient_keeps_the_rate():
+    # Huge gradients make h⁽ʲ⁾ overflow at high order; the rates stay finite.
+    params = {"w": jnp.ones(4, jnp.float32)}
+    tx = lrr_optax.learning_rate_rates(1.0, (1.0, 1.0, 1.0, 1.0), bounds=None)
+    state = tx.init(params)
+    for _ in range(10):
+        updates, state = jax.jit(tx.update)({"w": jnp.full(4, 3e10, jnp.float32)}, state)
+        for leaf in jax.tree.leaves(state):
+            assert np.all(np.isfinite(leaf))
+
+
+def test_default_bounds_keep_rates_non_negative():
+    params = PROBLEM.params(jnp.float64)
+    tx = lrr_optax.learning_rate_rates(0.01, (10.0, 10.0))  # wildly large rates of rates
+    state = tx.init(params)
+    for n in range(30):
+        updates, state = jax.jit(tx.update)(jax.grad(PROBLEM.loss)(params, n), state, params)
+        params = optax.apply_updates(params, updates)
+        for leaf in jax.tree.leaves(state.etas):
+            assert np.all(leaf >= 0)
+
+
+# --- arguments -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(schedule="sideways"), "schedule"),
+        (dict(granularity="row"), "granularity"),
+        (dict(rule="magic"), "rule"),
+        (dict(granularity=("parameter",)), "one per adapted order"),
+        (dict(granularity=("global", "parameter")), "finer"),
+        (dict(learning_rate=-1.0), "non-negative"),
+        (dict(rates=(-1e-3, 1e-4)), "non-negative"),
+        (dict(rates=(1e-3, float("nan"))), "non-negative"),
+        (dict(clip=0.0), "clip must be positive"),
+        (dict(clip=(1.0,)), "one per"),
+        (dict(bounds=(1.0, 0.0)), "lo <= hi"),
+        (dict(bounds=(1.0,)), "pair"),
+        (dict(rates=(optax.constant_schedule(1e-3), 1e-4)), "only the top rate"),
+        (dict(learning_rate=optax.constant_schedule(0.1)), "schedule the top rate"),
+        (dict(state_dtype=jnp.int32), "floating"),
+        (dict(normalizer_decay=1.0), "normalizer_decay"),
+    ],
+)
+def test_bad_arguments_raise_at_build_time(kwargs, match):
+    kwargs = {"learning_rate": 0.1, "rates": (1e-3, 1e-4), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        lrr_optax.learning_rate_rates(**kwargs)
+
+
+def test_direction_must_be_a_transformation():
+    with pytest.raises(TypeError, match="GradientTransformation"):
+        lrr_optax.learning_rate_rates(0.1, (1e-3,), direction=optax.adam)
+
+
+def test_traced_rates_are_accepted_and_vmapped():
+    params = PROBLEM.params(jnp.float64)
+    grads = jax.grad(PROBLEM.loss)(params, 0)
+
+    def two_steps(lr, rate):
+        tx = lrr_optax.learning_rate_rates(lr, (rate, 1e-3))
+        state = tx.init(params)
+        _, state = tx.update(grads, state, params)
+        updates, state = tx.update(grads, state, params)
+        return updates, state.etas[0]
+
+    lrs = jnp.asarray([1e-3, 1e-2, 1e-1])
+    updates, etas = jax.jit(jax.vmap(two_steps))(lrs, jnp.full(3, 1e-2))
+    for k, lr in enumerate(lrs):
+        expected_updates, expected_eta = two_steps(float(lr), 1e-2)
+        np.testing.assert_allclose(updates["w"][k], expected_updates["w"], rtol=1e-12)
+        np.testing.assert_allclose(etas["w"][k], expected_eta["w"], rtol=1e-12)
+
+
+def test_top_rate_schedule():
+    schedule = optax.exponential_decay(1e-2, 5, 0.5)
+    tx = lrr_optax.learning_rate_rates(0.05, (schedule,), bounds=None)
+    impl_step = jax.jit(lrr_optax.update_with_hypergradients(tx))
+    params = PROBLEM.params(jnp.float64)
+    state = tx.init(params)
+    for n in range(6):
+        before = state.etas[0]
+        _, state, aux = impl_step(jax.grad(PROBLEM.loss)(params, n), state, params)
+        rate = jnp.asarray(schedule(jnp.asarray(n, jnp.int32))).astype(jnp.float64)
+        expected = jax.tree.map(lambda e, h, rate=rate: e - rate * h, before, aux.hypergradients[0])
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), state.etas[0], expected
+        )
+
+
+def test_unknown_extra_args_are_ignored():
+    params = PROBLEM.params(jnp.float64)
+    tx = lrr_optax.learning_rate_rates(0.05, (1e-2,))
+    state = tx.init(params)
+    grads = jax.grad(PROBLEM.loss)(params, 0)
+    with_extra, _ = tx.update(grads, state, params, value=1.0, grad_fn=None)
+    without, _ = tx.update(grads, state, params)
+    jax.tree.map(np.testing.assert_array_equal, with_extra, without)
