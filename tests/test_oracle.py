@@ -171,19 +171,21 @@ def test_clip_keeps_the_chain_exact(schedule, rule):
     check_against_oracle(3, schedule, ("parameter",) * 3, rule, "sgd", clip=clip)
 
 
+# Per rule, rates and bounds under which some entries of the rates are clamped and others
+# move freely during the checked steps (test_bounds_cases_clamp_some_entries checks it).
+BOUNDED_CASES = {
+    "additive": ((0.05, 0.05, 0.5), (0.02, 0.08)),
+    "normalized": ((0.02, 0.02, 0.02), (0.01, 0.09)),
+    "multiplicative": ((5.0, 5.0, 50.0), (0.049, 0.0515)),
+    "log_normalized": ((0.3, 0.3, 0.3), (0.04, 0.07)),
+}
+
+
 @pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
 @pytest.mark.parametrize("rule", RULES)
 def test_bounds_keep_the_chain_exact(schedule, rule):
-    # Bounds tight around the initial rates so that some entries are clamped.
-    check_against_oracle(
-        3,
-        schedule,
-        ("parameter",) * 3,
-        rule,
-        "adam",
-        bounds=(0.049, 0.0502),
-        rates=(0.05, 0.05, 0.5),
-    )
+    rates, bounds = BOUNDED_CASES[rule]
+    check_against_oracle(3, schedule, ("parameter",) * 3, rule, "adam", bounds=bounds, rates=rates)
 
 
 def test_nested_pytree_problem():
@@ -197,23 +199,28 @@ def test_nested_pytree_problem():
     )
 
 
-def test_bounds_case_actually_clamps():
+@pytest.mark.parametrize("rule", RULES)
+def test_bounds_cases_clamp_some_entries(rule):
+    rates, (lower, upper) = BOUNDED_CASES[rule]
     problem = PROBLEMS["regression"]
     params = problem.params(jnp.float64)
     tx = lrr_optax.learning_rate_rates(
         0.05,
-        (0.05, 0.05, 0.5),
-        bounds=(0.049, 0.0502),
+        rates,
+        rule=rule,
+        bounds=(lower, upper),
         direction=optax_promotion(optax.scale_by_adam()),
     )
     state = tx.init(params)
-    step = jax.jit(tx.update.__self__.step)
-    clamped = 0
+    update = jax.jit(tx.update)
+    clamped = free = 0
     for n in range(8):
-        _, state, aux = step(jax.grad(problem.loss)(params, n), state, params)
+        _, state = update(jax.grad(problem.loss)(params, n), state, params)
         for eta in jax.tree.leaves(state.etas):
-            clamped += int(np.sum((eta == 0.049) | (eta == 0.0502)))
-    assert clamped > 0
+            at_bound = (eta == lower) | (eta == upper)
+            clamped += int(np.sum(at_bound))
+            free += int(np.sum(~at_bound))
+    assert clamped > 0 and free > 0
 
 
 def test_rule_partial_is_the_derivative():
