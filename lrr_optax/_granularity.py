@@ -27,19 +27,38 @@ def is_coarser_or_equal(upper: Granularity, lower: Granularity) -> bool:
     return _RANK[upper] >= _RANK[lower]
 
 
+def is_boxed(x) -> bool:
+    """Whether ``x`` wraps an array in metadata made for the parameter's shape.
+
+    Such boxes (e.g. flax's ``nnx.Variable``) implement ``__jax_array__`` without being
+    arrays. State that is not shaped like its parameter is stored unboxed, or the box's
+    sharding annotation would be applied to an array of another rank.
+    """
+    return hasattr(x, "__jax_array__") and not isinstance(x, jax.Array)
+
+
+def unbox(x):
+    """The array inside ``x`` when it is a box (see :func:`is_boxed`), else ``x``."""
+    return jnp.asarray(x) if is_boxed(x) else x
+
+
 def init_like(params, granularity: Granularity, value, dtype_of):
     """A rate of the given granularity filled with ``value``.
 
     ``dtype_of(leaf)`` gives the storage dtype for a parameter leaf; a global rate takes
     the dtype of the first leaf (float32 for an empty tree).
     """
+    # ``full_like`` gives each rate its parameter's sharding; ``jnp.array`` copies, so no
+    # two state leaves (nor the caller's ``value``) share a buffer, which donation forbids.
     if granularity == "parameter":
-        return jax.tree.map(lambda p: jnp.full(p.shape, value, dtype_of(p)), params)
+        return jax.tree.map(lambda p: jnp.full_like(p, value, dtype_of(p)), params)
     if granularity == "tensor":
-        return jax.tree.map(lambda p: jnp.asarray(value, dtype_of(p)), params)
+        return jax.tree.map(
+            lambda p: jnp.array(value, dtype_of(unbox(p))), params, is_leaf=is_boxed
+        )
     leaves = jax.tree.leaves(params)
     dtype = dtype_of(leaves[0]) if leaves else jnp.float32
-    return jnp.asarray(value, dtype)
+    return jnp.array(value, dtype)
 
 
 def reduce(tree, source: Granularity, target: Granularity, dtype):

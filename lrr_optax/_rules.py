@@ -68,7 +68,15 @@ def apply_rule(options: RuleOptions, eta, rate, h, second_moment, active_steps):
         new_second_moment = jnp.where(jnp.isfinite(moment), moment, second_moment)
         debias = 1.0 - options.decay ** jnp.asarray(active_steps).astype(dtype)
         scale = jnp.sqrt(new_second_moment / debias)
-        step = signal / (scale + jnp.asarray(options.eps, dtype))
+        # A signal whose square underflows (products of many small gradients in float32)
+        # leaves the moment at zero: it carries no usable information, so it moves nothing.
+        step = jnp.where(
+            scale > 0, signal / (scale + jnp.asarray(options.eps, dtype)), jnp.zeros_like(signal)
+        )
+        # Exactly, v̂ ≥ (1 − decay)·signal²/debias, so |step| ≤ √(debias/(1 − decay)); clipping
+        # there changes nothing but a subnormal moment's rounding.
+        bound = jnp.sqrt(debias / (1.0 - options.decay))
+        step = jnp.clip(step, -bound, bound)
     else:
         step = signal
 
@@ -91,7 +99,11 @@ def apply_rule(options: RuleOptions, eta, rate, h, second_moment, active_steps):
         new_eta = jnp.clip(new_eta, options.lower, options.upper)
         alpha = jnp.where(clamped, jnp.zeros_like(alpha), alpha)
 
-    finite = jnp.isfinite(new_eta) & jnp.isfinite(alpha)
+    finite = jnp.isfinite(new_eta)
+    if rule in MULTIPLICATIVE_RULES or (rule in NORMALIZED_RULES and options.clip is None):
+        # Elsewhere α is −h or its clip (or 0), finite since h is: testing it would
+        # only cost the rate's kernel, which XLA:CPU runs compute-bound, more work.
+        finite = finite & jnp.isfinite(alpha)
     new_eta = jnp.where(finite, new_eta, eta)
     alpha = jnp.where(finite, alpha, jnp.zeros_like(alpha))
     return new_eta, alpha, new_second_moment

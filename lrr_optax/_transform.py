@@ -50,10 +50,16 @@ class LearningRateRatesState(NamedTuple):
 
 
 class Hypergradients(NamedTuple):
-    """What one step computed besides the update (the library's debug hook)."""
+    """What one step computed besides the update (the library's debug hook).
 
-    hypergradients: tuple[PyTree, ...]  # raw h⁽ʲ⁾ of this step, j = 0 … m−1
-    alphas: tuple[PyTree, ...]  # α⁽ʲ⁾ of this step, j = 0 … m−1
+    Attributes:
+      hypergradients: the raw h⁽ʲ⁾ of this step for j = 0 … m−1, each shaped like η⁽ʲ⁾:
+        the derivative of this step's loss with respect to η⁽ʲ⁾ (design page, section 5).
+      alphas: α⁽ʲ⁾ = ∂R_j/∂η⁽ʲ⁺¹⁾ of this step's rule for j = 0 … m−1.
+    """
+
+    hypergradients: tuple[PyTree, ...]
+    alphas: tuple[PyTree, ...]
 
 
 def _concrete_float(value) -> float | None:
@@ -119,8 +125,15 @@ class _LearningRateRates:
             gr.init_like(params, c.granularities[j], c.initial[j], self._dtype_of)
             for j in range(c.order)
         )
+
+        def ring_like(eta, size):
+            # From zeros_like, so the ring keeps its rate's sharding on the trailing axes;
+            # unboxed, since a box's annotations fit the rate's rank, not the ring's.
+            eta = gr.unbox(eta)
+            return jnp.broadcast_to(jnp.zeros_like(eta)[None], (size, *eta.shape))
+
         alphas = tuple(
-            jax.tree.map(lambda e, size=size: jnp.zeros((size, *e.shape), e.dtype), etas[j - 1])
+            jax.tree.map(lambda e, size=size: ring_like(e, size), etas[j - 1], is_leaf=gr.is_boxed)
             for j, size in zip(range(1, c.order), c.ring_sizes, strict=True)
         )
         normalized = c.rule_options[0].rule in _rules.NORMALIZED_RULES
@@ -161,9 +174,15 @@ class _LearningRateRates:
             return new_updates, new_state, Hypergradients((), ())
 
         granularities = c.granularities
-        # h⁽⁰⁾ = −g_n ⊙ d_{n−1}, in the dtype the rates are stored in.
+        # h⁽⁰⁾ = −g_n ⊙ d_{n−1}, in the dtype the rates are stored in. Zeroing the product
+        # (below, or in _reduce at parameter granularity) rather than g is the same guard
+        # (d_{n−1} is finite), and leaves the zeroed g to the kernels of the direction, so
+        # XLA need not materialise it for all of them.
+        zero = _zero_nonfinite if granularities[0] != "parameter" else (lambda x: x)
         raw = jax.tree.map(
-            lambda g, d_prev: -(g.astype(d_prev.dtype) * d_prev), grads, state.prev_direction
+            lambda g, d_prev: zero(-(g.astype(d_prev.dtype) * d_prev)),
+            updates,
+            state.prev_direction,
         )
         hypergradients = [self._reduce(raw, "parameter", granularities[0], state.etas[0])]
         cached = []
@@ -191,7 +210,8 @@ class _LearningRateRates:
                 above, above_granularity = state.etas[j + 1], granularities[j + 1]
             above = gr.expand(above, above_granularity, granularities[j], state.etas[j])
             options = c.rule_options[j]
-            active_steps = jnp.maximum(count + 1 - c.first_active_step(j), 1)
+            # Written so that a saturated count cannot overflow.
+            active_steps = jnp.maximum(count - (c.first_active_step(j) - 1), 1)
             moments = state.second_moments[j] if normalized else None
 
             def leaf_rule(eta, rate, h, moment, options=options, active_steps=active_steps):
@@ -221,10 +241,13 @@ class _LearningRateRates:
         new_updates = jax.tree.map(
             lambda e, d, u: (-(e * d.astype(e.dtype))).astype(u.dtype), eta0, directions, updates
         )
+        # The gradient is zeroed already; another direction may still overflow.
+        finite = _zero_nonfinite if c.direction is not None else (lambda x: x)
         prev_direction = jax.tree.map(
-            lambda d, d_prev: _zero_nonfinite(d).astype(d_prev.dtype),
+            lambda d, d_prev, e: _after(finite(d).astype(d_prev.dtype), e),
             directions,
             state.prev_direction,
+            eta0,
         )
         new_state = LearningRateRatesState(
             count=optax.safe_increment(count),
@@ -249,6 +272,17 @@ def _global_dtype(like_eta, granularity):
 def _zero_nonfinite(x):
     # Products of many gradients overflow; an inf or NaN must never enter the state.
     return jnp.where(jnp.isfinite(x), x, jnp.zeros_like(x))
+
+
+def _after(x, dependency):
+    """``x``, computed after ``dependency`` (finite, broadcastable), which XLA must keep.
+
+    d_n overwrites d_{n−1} in place (donated state, ``lax.scan`` carry) only once every
+    kernel that reads d_{n−1} has run; XLA:CPU copies the buffer otherwise, and drops
+    optimisation barriers before ordering kernels. Reading the new η⁽⁰⁾ orders the write
+    by data. The rates are finite by construction, so ``x`` passes unchanged.
+    """
+    return jnp.where(jnp.isnan(dependency), jnp.zeros_like(x), x)
 
 
 def _ring_read(ring, count, size):
@@ -327,7 +361,7 @@ def learning_rate_rates(
         η − ρ·h), ``"normalized"`` (η − ρ·h/√v̂, v̂ a debiased EMA of h²),
         ``"multiplicative"`` (η·exp(−ρ·η·h), in log space) or ``"log_normalized"``
         (η·exp(−ρ·u/√v̂) with u = η·h and v̂ a debiased EMA of u²).
-      clip: bound c on the rule's step (|h| for ``"additive"``), one float for all
+      clip: bound c on the rule's step (``|h|`` for ``"additive"``), one float for all
         orders or one per adapted order; ``None`` for none.
       bounds: ``(lo, hi)`` the adapted rates are clamped to; either may be ``None``;
         ``None`` for no bounds. The default keeps every rate non-negative.
@@ -369,7 +403,8 @@ def learning_rate_rates(
     granularities = _granularities(granularity, order)
     clips = _per_order("clip", clip, order)
     for c in clips:
-        if c is not None and not c > 0:
+        concrete = None if c is None else _concrete_float(c)
+        if concrete is not None and not concrete > 0:
             raise ValueError(f"clip must be positive (or None for no clipping), got {c}.")
     lower, upper = _bounds(bounds)
     if callable(learning_rate) and order > 0:
@@ -391,7 +426,8 @@ def learning_rate_rates(
         concrete = _concrete_float(value)
         if concrete is not None and (concrete < 0 or math.isnan(concrete)):
             raise ValueError(f"{name} must be a non-negative number, got {concrete}.")
-    if not 0.0 <= normalizer_decay < 1.0:
+    decay = _concrete_float(normalizer_decay)
+    if decay is not None and not 0.0 <= decay < 1.0:
         raise ValueError(f"normalizer_decay must be in [0, 1), got {normalizer_decay}.")
     if direction is not None:
         if not isinstance(direction, optax.GradientTransformation):
@@ -454,15 +490,16 @@ def _granularities(granularity, order: int) -> tuple[str, ...]:
 
 
 def _per_order(name: str, value, order: int) -> tuple:
-    if value is None or isinstance(value, (int, float)):
-        return (None if value is None else float(value),) * order
+    # A scalar array (as optax.inject_hyperparams passes, possibly traced) is one value.
+    if value is None or isinstance(value, (int, float)) or _is_array_like(value) and not value.ndim:
+        return (value,) * order
     values = tuple(value)
     if len(values) != order:
         raise ValueError(
             f"{name} has {len(values)} entries but the order is {order}: give one per "
             "adapted order, a single number, or None."
         )
-    return tuple(None if v is None else float(v) for v in values)
+    return values
 
 
 def _bounds(bounds) -> tuple[float | None, float | None]:
