@@ -43,7 +43,8 @@ def learning_rates(opt_state) -> tuple[Any, ...]:
     Example:
       >>> import jax.numpy as jnp, optax, lrr_optax
       >>> tx = optax.chain(optax.clip_by_global_norm(1.0),
-      ...                  lrr_optax.learning_rate_rates(1e-2, rates=(1e-3,)))
+      ...                  lrr_optax.learning_rate_rates(1e-2, rates=(1e-3,),
+      ...                                                granularity="parameter"))
       >>> etas = lrr_optax.learning_rates(tx.init({"w": jnp.zeros(2)}))
       >>> len(etas), etas[0]["w"].shape
       (1, (2,))
@@ -118,7 +119,7 @@ def update_with_hypergradients(tx) -> Any:
 
     Example:
       >>> import jax.numpy as jnp, lrr_optax
-      >>> tx = lrr_optax.learning_rate_rates(0.1, rates=(1e-2,))
+      >>> tx = lrr_optax.learning_rate_rates(0.1, rates=(1e-2,), granularity="parameter")
       >>> step = lrr_optax.update_with_hypergradients(tx)
       >>> params = {"w": jnp.ones(2)}
       >>> _, state, aux = step(params, tx.init(params), params)

@@ -15,6 +15,9 @@ import lrr_optax
 from .problems import PROBLEMS, optax_promotion
 
 PROBLEM = PROBLEMS["regression"]
+# The seed's algorithm, whatever the shipped defaults are: tests of the recursion's mechanics
+# and of the anchors name it explicitly.
+SEED = dict(granularity="parameter", rule="additive", clip=None)
 
 
 def _flat(tree):
@@ -38,7 +41,9 @@ def _run(tx, steps, problem=PROBLEM, dtype=jnp.float64, jit=True):
 
 def test_order1_global_equals_baydin_sgd_hd():
     alpha0, beta, steps = 0.05, 0.02, 30
-    tx = lrr_optax.learning_rate_rates(alpha0, (beta,), granularity="global", bounds=None)
+    tx = lrr_optax.learning_rate_rates(
+        alpha0, (beta,), granularity="global", rule="additive", clip=None, bounds=None
+    )
     _, state, trajectory = _run(tx, steps)
 
     theta = _flat(PROBLEM.params(jnp.float64))
@@ -60,6 +65,8 @@ def test_order1_global_equals_baydin_adam_hd():
         alpha0,
         (beta,),
         granularity="global",
+        rule="additive",
+        clip=None,
         bounds=None,
         direction=optax_promotion(optax.scale_by_adam(b1, b2, eps)),
     )
@@ -89,7 +96,13 @@ def test_cascade_global_equals_stacked_sgd_hyperoptimizers(height):
     initial = [0.05] + [0.01] * (height - 1)
     top, steps = 1e-3, 25
     tx = lrr_optax.learning_rate_rates(
-        initial[0], (*initial[1:], top), schedule="cascade", granularity="global", bounds=None
+        initial[0],
+        (*initial[1:], top),
+        schedule="cascade",
+        granularity="global",
+        rule="additive",
+        clip=None,
+        bounds=None,
     )
     _, state, trajectory = _run(tx, steps)
 
@@ -153,7 +166,7 @@ def _buffers(ring_tree, params):
 @pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
 def test_alpha_cache_size(order, schedule):
     params = PROBLEM.params(jnp.float64)
-    tx = lrr_optax.learning_rate_rates(0.1, (1e-3,) * order, schedule=schedule)
+    tx = lrr_optax.learning_rate_rates(0.1, (1e-3,) * order, schedule=schedule, **SEED)
     state = tx.init(params)
     buffers = sum(_buffers(ring, params) for ring in state.alphas)
     expected = order * (order - 1) // 2 if schedule == "simultaneous" else max(order - 1, 0)
@@ -168,7 +181,7 @@ def test_alpha_cache_size(order, schedule):
 def test_alpha_cache_is_a_ring_written_one_slot_per_step():
     params = PROBLEM.params(jnp.float64)
     order = 5
-    tx = lrr_optax.learning_rate_rates(0.05, (0.5,) * order, bounds=None)
+    tx = lrr_optax.learning_rate_rates(0.05, (0.5,) * order, bounds=None, **SEED)
     state = tx.init(params)
     update = jax.jit(tx.update)
     for n in range(20):
@@ -191,7 +204,7 @@ def test_step_reads_and_writes_one_slot_per_order():
     # The compiled step touches the ring with one dynamic slice and one dynamic update per
     # ring of size > 1 and leaf: no concatenation or shifting of the whole cache.
     params = {"w": jnp.zeros((8,), jnp.float32)}
-    tx = lrr_optax.learning_rate_rates(0.1, (1e-3,) * 5)
+    tx = lrr_optax.learning_rate_rates(0.1, (1e-3,) * 5, **SEED)
     state = tx.init(params)
     jaxpr = str(jax.make_jaxpr(tx.update)(params, state, params))
     rings_longer_than_one = 3  # sizes 2, 3, 4
@@ -307,7 +320,7 @@ def test_nonfinite_gradient_never_enters_the_state(bad, rule, schedule):
 def test_overflowing_hypergradient_keeps_the_rate():
     # Huge gradients make h⁽ʲ⁾ overflow at high order; the rates stay finite.
     params = {"w": jnp.ones(4, jnp.float32)}
-    tx = lrr_optax.learning_rate_rates(1.0, (1.0, 1.0, 1.0, 1.0), bounds=None)
+    tx = lrr_optax.learning_rate_rates(1.0, (1.0, 1.0, 1.0, 1.0), bounds=None, **SEED)
     state = tx.init(params)
     for _ in range(10):
         updates, state = jax.jit(tx.update)({"w": jnp.full(4, 3e10, jnp.float32)}, state)
@@ -382,7 +395,7 @@ def test_traced_rates_are_accepted_and_vmapped():
 
 def test_top_rate_schedule():
     schedule = optax.exponential_decay(1e-2, 5, 0.5)
-    tx = lrr_optax.learning_rate_rates(0.05, (schedule,), bounds=None)
+    tx = lrr_optax.learning_rate_rates(0.05, (schedule,), bounds=None, **SEED)
     impl_step = jax.jit(lrr_optax.update_with_hypergradients(tx))
     params = PROBLEM.params(jnp.float64)
     state = tx.init(params)
