@@ -16,7 +16,7 @@ from . import _rules
 
 PyTree = Any
 
-DEFAULT_RATES: tuple[float, ...] = (1e-3, 1e-5)
+DEFAULT_RATES: tuple[float, ...] = (0.3, 0.01)
 SCHEDULES: tuple[str, ...] = ("simultaneous", "cascade")
 
 
@@ -310,9 +310,9 @@ def learning_rate_rates(
     *,
     direction: optax.GradientTransformation | None = None,
     schedule: str = "simultaneous",
-    granularity: str | Sequence[str] = "parameter",
-    rule: str = "additive",
-    clip: float | Sequence[float | None] | None = None,
+    granularity: str | Sequence[str] = "tensor",
+    rule: str = "log_normalized",
+    clip: float | Sequence[float | None] | None = 1.0,
     bounds: tuple[float | None, float | None] | None = (0.0, None),
     state_dtype: Any = None,
     normalizer_decay: float = 0.99,

@@ -259,7 +259,10 @@ def flax_batch(n):
 
 def flax_tx():
     return lrr_optax.learning_rate_rates(
-        0.05, (1e-2, 1e-3, 1e-4), direction=optax_promotion(optax.scale_by_adam())
+        0.05,
+        (1e-2, 1e-3, 1e-4),
+        direction=optax_promotion(optax.scale_by_adam()),
+        granularity="parameter",
     )
 
 

@@ -20,7 +20,9 @@ PROBLEM = PROBLEMS["nested"]
 def _configs():
     adam = optax_promotion(optax.scale_by_adam())
     return {
-        "parameter": lambda: lrr_optax.learning_rate_rates(0.05, (1e-2, 1e-3, 1e-4)),
+        "parameter": lambda: lrr_optax.learning_rate_rates(
+            0.05, (1e-2, 1e-3, 1e-4), granularity="parameter"
+        ),
         # An array learning rate is the case where a careless init hands back the
         # caller's own buffer, once per leaf.
         "tensor, array rate": lambda: lrr_optax.learning_rate_rates(

@@ -273,7 +273,7 @@ def test_injected_top_rate_schedule():
 
 
 def test_tree_map_params_reaches_every_per_parameter_leaf():
-    tx = _lrr(direction=optax_promotion(optax.scale_by_adam()))
+    tx = _lrr(direction=optax_promotion(optax.scale_by_adam()), granularity="parameter")
     params = PROBLEM.params(jnp.float64)
     state = tx.init(params)
     _, state = tx.update(jax.grad(PROBLEM.loss)(params, 0), state, params)

@@ -1,0 +1,129 @@
+"""Scores computed from the raw results of a run (pure numpy, no jax)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+# The learning rate each baseline is "at its default" with (Keras's SGD and Adam defaults).
+DEFAULT_LR = {"sgd": 1e-2, "adam": 1e-3}
+GOAL_RANGE = (1e-6, 1.0)  # initial learning rates the defaults must cope with
+LOW_RANGE = (1e-6, 1e-2)  # the same without the two largest, where Adam's first steps wreck
+WITHIN = 2.0  # "within 2x of the best"
+DIVERGED = 1.5  # a run ending above this multiple of its initial loss diverged
+
+
+def medians(result: dict) -> np.ndarray:
+    """Seed-median final loss per grid point; a non-finite run counts as +inf."""
+    final = np.asarray(result["final"], float)
+    final = np.where(np.isfinite(final), final, np.inf)
+    return np.median(final, axis=1)
+
+
+def lr_axis(result: dict) -> np.ndarray:
+    return np.asarray(result["grid"], float)[:, 0]
+
+
+def by_problem(results: list[dict]) -> dict[str, dict[str, dict]]:
+    table: dict[str, dict[str, dict]] = defaultdict(dict)
+    for result in results:
+        table[result["problem"]][result["method"]] = result
+    return table
+
+
+def spacing(lrs: np.ndarray) -> float:
+    return float(np.median(np.diff(np.log10(lrs)))) if lrs.size > 1 else 1.0
+
+
+def width(losses: np.ndarray, lrs: np.ndarray, best: float) -> float:
+    """Decades of the grid whose loss is within 2x of ``best`` (each point one grid cell)."""
+    return float(np.sum(losses <= WITHIN * best) * spacing(lrs))
+
+
+def first_step_below(curve: np.ndarray, steps: list[int], target: float) -> int | None:
+    below = np.nonzero(curve <= target)[0]
+    return int(steps[below[0]]) if below.size else None
+
+
+def _direction_of(name: str) -> str:
+    return "adam" if "adam" in name else "sgd"
+
+
+def score_problem(methods: dict[str, dict]) -> dict[str, Any]:
+    """Every metric of one problem, per method, plus the problem's references."""
+    grid_methods = {n: r for n, r in methods.items() if r["family"] != "order"}
+    best = min(float(np.min(medians(r))) for r in grid_methods.values())
+    adam = methods.get("adam")
+    adam_best = float(np.min(medians(adam))) if adam else math.nan
+    rows = {}
+    for name, result in grid_methods.items():
+        med = medians(result)
+        lrs = lr_axis(result)
+        i = int(np.argmin(med))
+        final = np.asarray(result["final"], float)
+        initial = np.asarray(result["initial"], float)
+        diverged = ~np.isfinite(final) | (final > DIVERGED * initial)
+        curve = np.median(np.asarray(result["curve"], float)[i], axis=0)
+        test = np.asarray(result["test"], float)
+        row = {
+            "family": result["family"],
+            "best_lr": float(lrs[i]) if result["family"] not in ("lr-free",) else None,
+            "final": float(med[i]),
+            "test": float(np.median(test[i])) if np.isfinite(test[i]).any() else None,
+            "width": width(med, lrs, best) if result["family"] != "lr-free" else None,
+            "steps_to_adam": first_step_below(curve, result["eval_steps"], 1.5 * adam_best),
+            "diverged": int(diverged.sum()),
+            "runs": int(diverged.size),
+        }
+        if result["family"] == "lr-free":
+            row["at_default"] = float(med[0])
+        else:
+            default = DEFAULT_LR[_direction_of(name)]
+            j = int(np.argmin(np.abs(np.log10(lrs) - math.log10(default))))
+            row["at_default"] = float(med[j])
+        for key, (lo, hi) in (("worst_in_range", GOAL_RANGE), ("worst_in_low", LOW_RANGE)):
+            in_range = (lrs >= lo * 0.999) & (lrs <= hi * 1.001)
+            row[key] = float(np.max(med[in_range])) if in_range.any() else None
+        rows[name] = row
+    return {"best": best, "adam_best": adam_best, "methods": rows}
+
+
+def order_study(methods: dict[str, dict]) -> dict[str, dict[str, list[float]]]:
+    """Per direction and order m: the decades of top rate whose final loss is within 2x of
+    the study's best (over every order, top rate and initial rate of that direction), one
+    number per initial learning rate the study starts from."""
+    study = {n: r for n, r in methods.items() if r["family"] == "order"}
+    out: dict[str, dict[str, list[float]]] = defaultdict(dict)
+    for direction in sorted({n.split()[2] for n in study}):
+        runs = {n.split()[1]: r for n, r in study.items() if n.split()[2] == direction}
+        best = min(float(np.min(medians(r))) for r in runs.values())
+        for order, result in sorted(runs.items()):
+            grid = np.asarray(result["grid"], float)
+            med = medians(result)
+            widths = []
+            for lr in sorted(set(grid[:, 1])):
+                rows = grid[:, 1] == lr
+                widths.append(width(med[rows], grid[rows, 0], best))
+            out[direction][order] = widths
+    return dict(out)
+
+
+def goal(scores: dict[str, Any], name: str) -> dict[str, Any]:
+    """How a default configuration does against the goal on one problem."""
+    row = scores["methods"].get(name)
+    if row is None or row["worst_in_range"] is None:
+        return {}
+    worst, low = row["worst_in_range"], row["worst_in_low"]
+    free = [r["final"] for r in scores["methods"].values() if r["family"] == "lr-free"]
+    return {
+        "worst_over_adam": worst / scores["adam_best"],
+        "met": worst <= WITHIN * scores["adam_best"],
+        "low_over_adam": low / scores["adam_best"],
+        "low_met": low <= WITHIN * scores["adam_best"],
+        "beats_lr_free_worst": sum(worst < v for v in free),
+        "beats_lr_free_low": sum(low < v for v in free),
+        "lr_free": len(free),
+    }
