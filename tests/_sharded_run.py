@@ -14,8 +14,11 @@ Usage: ``python -m tests._sharded_run OUT_DIR [flax]``.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -347,6 +350,25 @@ def run_flax(out_dir):
             np.savez(f"{out_dir}/flax_{axis_type}.npz", **flat_leaves(params, state))
     with open(f"{out_dir}/flax.json", "w") as f:
         json.dump(report, f, indent=1)
+
+
+def launch(out: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run this module with 8 CPU devices in a subprocess, writing its reports to ``out``."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    result = subprocess.run(
+        [sys.executable, "-m", "tests._sharded_run", str(out), *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 if __name__ == "__main__":

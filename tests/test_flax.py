@@ -4,11 +4,7 @@ flax.training.train_state.TrainState."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +17,6 @@ from flax.training import train_state
 import lrr_optax
 
 from . import _sharded_run as run
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _mlp_loss(params, x, y):
@@ -62,20 +56,7 @@ def test_nnx_optimizer_trains_like_the_optax_loop():
 @pytest.fixture(scope="module")
 def sharded_flax_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded_flax")
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    result = subprocess.run(
-        [sys.executable, "-m", "tests._sharded_run", str(out), "flax"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run.launch(out, "flax")
     return out, json.loads((out / "flax.json").read_text())
 
 

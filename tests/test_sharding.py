@@ -7,10 +7,6 @@ this process has one device and computes the single-device reference with the sa
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -18,26 +14,11 @@ import pytest
 
 from . import _sharded_run as run
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
 def sharded_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded")
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    result = subprocess.run(
-        [sys.executable, "-m", "tests._sharded_run", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=540,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run.launch(out)
     assert "donated buffers were not usable" not in result.stderr, result.stderr[-4000:]
     return out, json.loads((out / "report.json").read_text())
 
