@@ -105,6 +105,8 @@ def _benchmark_page() -> None:
         shown: set[str] = set()
         for report in sorted(target.glob("*.md")):
             text = report.read_text(encoding="utf-8")
+            # Every report is a section of this one page: a link to another report is its name.
+            text = re.sub(r"\[([^\]]*)\]\((?![a-z]+:|/|#)[^)\s]+\.md\)", r"\1", text)
             # The files a report links to or shows by a relative path are next to it.
             text = re.sub(
                 r"(\]\()(?![a-z]+:|/|#)([^)\s]+)",

@@ -320,9 +320,10 @@ def learning_rate_rates(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Descent along ``direction`` with learning rates that learn themselves, to order m.
 
-    Every parameter gets its own learning rate η⁽⁰⁾, adapted online by gradient descent
-    on the loss; the rate of that adaptation, η⁽¹⁾, is adapted the same way, and so on up
-    to the order ``m = len(rates)``, whose top rate η⁽ᵐ⁾ is fixed (or scheduled). Order 1
+    Every parameter (or tensor, or the whole pytree: ``granularity``) gets its own learning
+    rate η⁽⁰⁾, adapted online by gradient descent on the loss; the rate of that adaptation,
+    η⁽¹⁾, is adapted the same way, and so on up to the order ``m = len(rates)``, whose top
+    rate η⁽ᵐ⁾ is fixed (or scheduled). Order 1
     is hypergradient descent (Baydin et al. 2018), higher orders are stacked
     hyperoptimizers (Chandra et al. 2022) made per-parameter.
 

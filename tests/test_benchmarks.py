@@ -9,11 +9,8 @@ import json
 
 import jax
 import numpy as np
-import pytest
 
-pytest.importorskip("matplotlib")
-
-from benchmarks import methods, report, runner, suite  # noqa: E402
+from benchmarks import methods, report, runner, suite
 
 
 def _tiny_results():
