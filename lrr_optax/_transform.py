@@ -185,13 +185,11 @@ class _LearningRateRates:
             state.prev_direction,
         )
         hypergradients = [self._reduce(raw, "parameter", granularities[0], state.etas[0])]
-        cached = []
         for j in range(1, c.order):
             size = c.ring_sizes[j - 1]
             alpha_old = jax.tree.map(
                 lambda ring, s=size: _ring_read(ring, count, s), state.alphas[j - 1]
             )
-            cached.append(alpha_old)
             chained = jax.tree.map(jnp.multiply, hypergradients[j - 1], alpha_old)
             hypergradients.append(
                 self._reduce(chained, granularities[j - 1], granularities[j], state.etas[j])
