@@ -9,16 +9,30 @@ References:
 from ._alias import lrr_adam as lrr_adam
 from ._alias import lrr_adamw as lrr_adamw
 from ._alias import lrr_sgd as lrr_sgd
+from ._granularity import GRANULARITIES as GRANULARITIES
+from ._granularity import Granularity as Granularity
 from ._inspect import learning_rates as learning_rates
 from ._inspect import summarize as summarize
 from ._inspect import update_with_hypergradients as update_with_hypergradients
+from ._rules import RULES as RULES
+from ._rules import Rule as Rule
+from ._transform import DEFAULT_RATES as DEFAULT_RATES
+from ._transform import SCHEDULES as SCHEDULES
 from ._transform import Hypergradients as Hypergradients
 from ._transform import LearningRateRatesState as LearningRateRatesState
+from ._transform import Schedule as Schedule
 from ._transform import learning_rate_rates as learning_rate_rates
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_RATES",
+    "GRANULARITIES",
+    "Granularity",
+    "RULES",
+    "Rule",
+    "SCHEDULES",
+    "Schedule",
     "Hypergradients",
     "LearningRateRatesState",
     "learning_rate_rates",

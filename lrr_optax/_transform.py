@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,8 @@ from . import _rules
 PyTree = Any
 
 DEFAULT_RATES: tuple[float, ...] = (0.3, 0.01)
-SCHEDULES: tuple[str, ...] = ("simultaneous", "cascade")
+Schedule = Literal["simultaneous", "cascade"]
+SCHEDULES: tuple[Schedule, ...] = ("simultaneous", "cascade")
 
 
 class LearningRateRatesState(NamedTuple):
