@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "configurations": len(pairs),
     }
     command = meta["command"]
-    print(f"{command}\n{meta['machine']['lscpu_model']}, {pinning}, jax {jax.__version__}")
+    print(f"{command}\n{machine['lscpu_model']}, {pinning}, jax {jax.__version__}")
     print(f"{len(pairs)} configurations, load {meta['load_start']}", flush=True)
     start = time.perf_counter()
     roofline = {}
