@@ -88,7 +88,11 @@ def score_problem(methods: dict[str, dict]) -> dict[str, Any]:
             "worst_lr": float(lrs[worst]) if swept else None,
             "worst_final": float(med[worst]) if swept else None,
             "worst_late_max": float(late[worst]) if swept else None,
-            "by_lr": {f"{lr:.3g}": [float(a), float(b)] for lr, a, b in zip(lrs, med, late)}
+            "by_lr": {
+                "log10_lr": np.round(np.log10(lrs), 2).tolist(),
+                "final": med.tolist(),
+                "late_max": late.tolist(),
+            }
             if result["lr_mode"] != "default"
             else None,
             "test": float(np.median(test[i])) if np.isfinite(test[i]).any() else None,

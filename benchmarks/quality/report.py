@@ -6,10 +6,11 @@ is the report, the summary (scores only, a few tens of KB) and the figures.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-from .._common import fmt, fmt_ratio, table
+from .._common import compact, fmt, fmt_ratio, table
 from . import metrics
 from .methods import ORDER_LRS
 
@@ -201,11 +202,19 @@ def headline(scores: dict[str, Any], lrs, swept: list[str], reference: list[str]
                 continue
             cells = []
             for lr in lrs:
-                final, late = r["by_lr"].get(f"{lr:.3g}", (None, None))
+                final, late = _at(r["by_lr"], lr)
                 spike = f" ↑{fmt(late)}" if late is not None and late > 1.5 * final else ""
                 cells.append(f"{fmt(final)} ({fmt_ratio(final, s['adam_best'])}){spike}")
             rows.append([f"{problem} ({s['role']})", name, *cells, adam_cell, *refs])
     return "\n".join(table(headers, rows))
+
+
+def _at(by_lr: dict, lr: float) -> tuple[float | None, float | None]:
+    """Final loss and late maximum at the grid's initial rate ``lr`` (None if not on it)."""
+    for i, x in enumerate(by_lr["log10_lr"]):
+        if abs(x - math.log10(lr)) < 1e-3:
+            return by_lr["final"][i], by_lr["late_max"][i]
+    return None, None
 
 
 def _ratio(row, s) -> str:
@@ -213,8 +222,9 @@ def _ratio(row, s) -> str:
 
 
 def summary(meta: dict, scores: dict[str, Any]) -> dict[str, Any]:
-    """What is committed beside the report: the run's metadata and its scores."""
-    return {"meta": meta, "scores": scores}
+    """What is committed beside the report: the run's metadata and its scores (to the 3
+    significant digits the report shows, which keeps a full run's summary near 150 KB)."""
+    return {"meta": meta, "scores": compact(scores, 3)}
 
 
 def plots(results: list[dict], scores: dict, directory: Path, prefix: str) -> list[Path]:

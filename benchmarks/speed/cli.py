@@ -45,6 +45,8 @@ import sys
 import time
 from pathlib import Path
 
+import lrr_optax
+
 from .. import _common
 
 SUFFIXES = {"K": 1_000, "M": 1_000_000, "G": 1_000_000_000}
@@ -81,9 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sizes", default="1M,10M,50M", help="parameter counts, e.g. 1M,10M")
     parser.add_argument("--orders", default="0-6", help="orders, e.g. 0-3 or 0,1,3,6")
-    parser.add_argument("--schedules", default="simultaneous,cascade")
-    parser.add_argument("--rules", default="additive,normalized,multiplicative,log_normalized")
-    parser.add_argument("--granularities", default="parameter,tensor,global")
+    parser.add_argument("--schedules", default=",".join(lrr_optax.SCHEDULES))
+    parser.add_argument("--rules", default=",".join(lrr_optax.RULES))
+    parser.add_argument("--granularities", default=",".join(lrr_optax.GRANULARITIES))
     parser.add_argument("--baselines", default="sgd,adam,prodigy,mechanize")
     parser.add_argument(
         "--grid",

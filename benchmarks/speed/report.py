@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import statistics
 
+import lrr_optax
+
 from .._common import ratio as _ratio
 from .._common import table
 
@@ -215,7 +217,7 @@ def _targets(records, sizes, roofline) -> list[str]:
     if parts:
         lines.append("- The shipped defaults against `optax.adam`: " + "; ".join(parts))
     # 2. Linear in the order.
-    for schedule in ("simultaneous", "cascade"):
+    for schedule in lrr_optax.SCHEDULES:
         for size in sizes:
             named = _by_name(records, size)
             series = []
