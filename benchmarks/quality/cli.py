@@ -4,7 +4,7 @@ Trains every method on every problem over a grid of initial learning rates and s
 Writes to ``benchmarks/results/``: a markdown report (``quick.md`` / ``full.md``), a compact
 summary of its scores (``.json``) and PNG figures; the raw results (every loss curve) go to
 ``benchmarks/.cache/raw/``. ``--problem NAME`` runs one problem (about two minutes) and
-writes ``NAME_quick.*``. ``--demo`` (about 2 minutes) prints the headline table: lrr_adam at
+writes ``NAME_quick.*``. ``--demo`` (1-2 minutes) prints the headline table: lrr_adam at
 its defaults from initial learning rates 1e-6 … 1 against grid-tuned Adam and Prodigy.
 ``--variant name:key=value,...`` adds an lrr method (values are Python literals, e.g.
 ``--variant 'no warmup:warmup=0'`` or ``--variant 'top 0.1:rates=(0.3,0.1),direction=sgd'``).
@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     if args.demo:
         swept = ["lrr_adam (defaults)", *(m.name for m in variants)]
         text = report.headline(scores, methods.DEMO_LRS, swept, ["prodigy"])
-        markdown = _common.header("Demo: lrr_adam at its defaults", meta) + "\n" + _DEMO_NOTE
+        note = _DEMO_NOTE.format(seeds=options["seeds"])
+        markdown = _common.header("Demo: lrr_adam at its defaults", meta) + "\n" + note
         markdown += "\n" + text + "\n"
         print(text)
     else:
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
 
 
 _DEMO_NOTE = (
-    "Seed-median final train loss (2 seeds) and its ratio to grid-tuned Adam's best "
+    "Seed-median final train loss ({seeds} seeds) and its ratio to grid-tuned Adam's best "
     "(`optax.adam`, initial rates 1e-6 … 10 by decades), from each initial learning rate; "
     "Prodigy (`optax.contrib.prodigy`) at its defaults. ↑: the largest loss after the best "
     "point, shown when above 1.5x the final loss.\n"
