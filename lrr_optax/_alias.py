@@ -27,7 +27,7 @@ def lrr_sgd(
     state_dtype: Any = None,
     normalizer_decay: float = 0.99,
     normalizer_eps: float = 1e-30,
-    warmup_steps: int = 0,
+    warmup_steps: int = 100,
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -94,7 +94,7 @@ def lrr_adam(
     state_dtype: Any = None,
     normalizer_decay: float = 0.99,
     normalizer_eps: float = 1e-30,
-    warmup_steps: int = 0,
+    warmup_steps: int = 100,
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -166,7 +166,7 @@ def lrr_adamw(
     state_dtype: Any = None,
     normalizer_decay: float = 0.99,
     normalizer_eps: float = 1e-30,
-    warmup_steps: int = 0,
+    warmup_steps: int = 100,
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:

@@ -59,17 +59,17 @@ def _value_at(value, count):
     return value(count) if callable(value) else value
 
 
-def _envelope(config: Config, count) -> jax.Array | float:
-    """s_n: the user's schedule times the safe start's geometric ramp."""
+def _envelope(config: Config, count, dtype) -> jax.Array | float:
+    """s_n: the user's schedule times the safe start's geometric ramp (in ``dtype``)."""
     scale = _value_at(config.envelope, count) if config.envelope is not None else 1.0
     if isinstance(config.warmup, int) and config.warmup == 0:
         return scale
     steps = jnp.asarray(config.warmup)
-    start = jnp.asarray(config.warmup_start, jnp.float32)
-    # ``count`` wraps (never below the warm-up) and saturating arithmetic is not needed.
-    progress = 1 - count.astype(jnp.float32) / jnp.maximum(steps, 1).astype(jnp.float32)
-    ramp = jnp.where(count < steps, start ** jnp.maximum(progress, 0.0), 1.0)
-    return scale * ramp
+    start = jnp.asarray(config.warmup_start).astype(dtype)
+    # The count wraps to values past every warm-up, so the ramp never restarts.
+    progress = 1 - count.astype(dtype) / jnp.maximum(steps, 1).astype(dtype)
+    ramp = jnp.where(count < steps, start ** jnp.maximum(progress, 0), jnp.ones((), dtype))
+    return jnp.asarray(scale).astype(dtype) * ramp
 
 
 def _next_count(count, period: int):
@@ -202,7 +202,8 @@ def _rings(config: Config, state: LearningRateRatesState, alphas) -> tuple:
 
 def _descent(config: Config, eta0_tree, directions, updates, state: LearningRateRatesState):
     """The update −s_n·η⁽⁰⁾ ⊙ d_n and the trace u_{n+1} the next hypergradient reads."""
-    scale = _envelope(config, state.count)
+    dtype = jax.tree.leaves(eta0_tree)[0].dtype if jax.tree.leaves(eta0_tree) else jnp.float32
+    scale = _envelope(config, state.count, dtype)
     eta0 = gr.expand(eta0_tree, config.granularities[0], "parameter", updates)
 
     def step(e, d, u):

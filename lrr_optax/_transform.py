@@ -28,7 +28,7 @@ def learning_rate_rates(
     state_dtype: Any = None,
     normalizer_decay: float = 0.99,
     normalizer_eps: float = 1e-30,
-    warmup_steps: int = 0,
+    warmup_steps: int = 100,
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -96,7 +96,7 @@ def learning_rate_rates(
         many gradients are tiny.
       warmup_steps: the safe start: the first ``warmup_steps`` updates are multiplied by
         a geometric ramp from ``warmup_start`` to 1, part of s_n (so the hypergradient
-        sees the step that was applied). 0 turns it off.
+        sees the step that was applied). 0 turns it off; 100 by default.
       warmup_start: the ramp's first factor, in (0, 1].
       horizon: γ in [0, 1), the discount of the trace u_n the hypergradient of η⁽⁰⁾
         looks back along; 0 is the one-step hypergradient.

@@ -252,3 +252,89 @@ def test_a_huge_gradient_leaves_the_adam_state_finite():
     updates, state = tx.update({"w": jnp.ones(3, jnp.float32)}, state, params)
     assert np.all(np.isfinite(updates["w"]))
     assert np.all(updates["w"] != 0)  # every parameter still moves
+
+
+# --- the envelope, the warm-up ramp and the horizon: exact hypergradients (float64 oracle) ----
+
+
+def _oracle_h0(problem_loss, params, *, lr, beta, horizon, envelope, ramp, steps, granularity):
+    """∂J(θ_N)/∂δ where every past η⁽⁰⁾_k is perturbed by γ^(N−1−k)·δ, gradients held constant."""
+    sg = jax.lax.stop_gradient
+
+    def loss_at_n(delta):
+        theta, eta, u = params, lr, jax.tree.map(jnp.zeros_like, params)
+        for n in range(steps + 1):
+            g = sg(jax.grad(problem_loss)(theta, n))
+            if n == steps:
+                return problem_loss(theta, n)
+            h = jax.tree.map(lambda g, u: -g * u, g, u)
+            if granularity == "global":
+                h = sum(jnp.sum(x) for x in jax.tree.leaves(h))
+                eta = eta - beta * h
+                used = eta + horizon ** (steps - 1 - n) * delta
+                used = jax.tree.map(lambda _: used, g)
+            else:
+                eta = jax.tree.map(lambda e, h: e - beta * h, eta, h)
+                used = jax.tree.map(lambda e, d: e + horizon ** (steps - 1 - n) * d, eta, delta)
+            # The schedule sees the step count as the library does, an int32.
+            s = jnp.asarray(envelope(jnp.asarray(n, jnp.int32))).astype(jnp.float64) * ramp(n)
+            theta = jax.tree.map(lambda p, e, g: p - s * e * g, theta, used, g)
+            u = jax.tree.map(lambda g, u: s * g + horizon * u, g, u)
+
+    zero = 0.0 if granularity == "global" else jax.tree.map(jnp.zeros_like, params)
+    return jax.grad(loss_at_n)(jnp.asarray(zero) if granularity == "global" else zero)
+
+
+@pytest.mark.parametrize("granularity", ["parameter", "global"])
+@pytest.mark.parametrize(
+    "horizon, schedule, warmup_steps",
+    [(0.0, True, 0), (0.7, False, 0), (0.0, False, 4), (0.5, True, 3)],
+    ids=["envelope", "horizon", "warmup", "all"],
+)
+def test_envelope_warmup_and_horizon_hypergradients_are_exact(
+    granularity, horizon, schedule, warmup_steps
+):
+    from .problems import PROBLEMS
+
+    problem = PROBLEMS["regression"]
+    params = problem.params(jnp.float64)
+    beta, steps, start = 0.05, 7, 0.1
+    sched = optax.exponential_decay(0.2, transition_steps=1, decay_rate=0.9)
+    envelope = sched if schedule else (lambda n: 1.0)
+    lr = 1.0 if schedule else 0.2
+
+    def ramp(n):
+        return start ** max(0.0, 1 - n / warmup_steps) if n < warmup_steps else 1.0
+
+    tx = T(
+        sched if schedule else lr,
+        (beta,),
+        granularity=granularity,
+        rule="additive",
+        clip=None,
+        bounds=None,
+        horizon=horizon,
+        warmup_steps=warmup_steps,
+        warmup_start=start,
+    )
+    step = jax.jit(lrr_optax.update_with_hypergradients(tx))
+    state, theta = tx.init(params), params
+    for n in range(steps + 1):
+        updates, state, aux = step(jax.grad(problem.loss)(theta, n), state, theta)
+        theta = optax.apply_updates(theta, updates)
+    expected = _oracle_h0(
+        problem.loss,
+        params,
+        lr=lr if granularity == "global" else jax.tree.map(lambda p: jnp.full_like(p, lr), params),
+        beta=beta,
+        horizon=horizon,
+        envelope=envelope,
+        ramp=ramp,
+        steps=steps,
+        granularity=granularity,
+    )
+    actual = aux.hypergradients[0]
+    flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])  # noqa: E731
+    scale = np.max(np.abs(flat(expected)))
+    assert scale > 0
+    assert np.max(np.abs(flat(actual) - flat(expected))) / scale < 1e-10
