@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,3 +88,111 @@ def optax_promotion(tx):
             return tx.update(updates, state, params, **extra)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+# --- every exported constructor, for the shared battery ----------------------------------
+
+
+class Factory(NamedTuple):
+    """An optimizer constructor and the hyperparameters the battery builds it with."""
+
+    name: str
+    factory: Callable[..., Any]
+    kwargs: dict
+
+
+def _seed(
+    learning_rate,
+    rates=(1e-6, 1e-9),
+    *,
+    schedule="simultaneous",
+    granularity="parameter",
+    rule="additive",
+    clip=None,
+    bounds=None,
+    state_dtype=None,
+):
+    """The original algorithm: per-parameter rates, the additive rule, nothing clipped or
+    bounded, order 2 with the simultaneous schedule."""
+    import lrr_optax
+
+    return lrr_optax.learning_rate_rates(
+        learning_rate,
+        rates,
+        schedule=schedule,
+        granularity=granularity,
+        rule=rule,
+        clip=clip,
+        bounds=bounds,
+        state_dtype=state_dtype,
+    )
+
+
+def _factories():
+    import lrr_optax
+
+    # Learning rates as the constructors' docstrings show them.
+    return {
+        f.name: f
+        for f in [
+            Factory("learning_rate_rates", lrr_optax.learning_rate_rates, {"learning_rate": 1e-2}),
+            Factory("lrr_sgd", lrr_optax.lrr_sgd, {"learning_rate": 1e-2}),
+            Factory(
+                "lrr_sgd_momentum", lrr_optax.lrr_sgd, {"learning_rate": 1e-2, "momentum": 0.9}
+            ),
+            Factory("lrr_adam", lrr_optax.lrr_adam, {"learning_rate": 1e-3}),
+            Factory("lrr_adamw", lrr_optax.lrr_adamw, {"learning_rate": 1e-3}),
+            Factory("seed", _seed, {"learning_rate": 1e-2}),
+        ]
+    }
+
+
+FACTORIES = _factories()
+
+
+class Run(NamedTuple):
+    params: Any  # the final parameters
+    state: Any  # the final optimizer state
+    trajectory: list  # the parameters after each step
+    states: list  # the optimizer state after each step
+
+
+def train(
+    tx,
+    steps: int,
+    problem: Problem | str = "regression",
+    dtype=jnp.float64,
+    *,
+    grads_fn: Callable | None = None,
+    jit: bool = True,
+    params=None,
+    state=None,
+    start: int = 0,
+    promotion: str | None = None,
+    **extra,
+) -> Run:
+    """The one training loop of the tests: ``steps`` steps of ``tx`` on ``problem``.
+
+    ``grads_fn(params, n)`` replaces the problem's gradient (e.g. to poison one);
+    ``promotion="standard"`` runs the update under standard dtype promotion (optax's own
+    directions need it); ``extra`` is passed to ``update``.
+    """
+    import optax
+
+    problem = PROBLEMS[problem] if isinstance(problem, str) else problem
+    params = problem.params(dtype) if params is None else params
+    state = tx.init(params) if state is None else state
+    grads_fn = grads_fn or jax.grad(problem.loss)
+    update = jax.jit(tx.update) if jit else tx.update
+    trajectory, states = [], []
+    for n in range(start, start + steps):
+        grads = grads_fn(params, n)
+        if promotion is None:
+            updates, state = update(grads, state, params, **extra)
+        else:
+            with jax.numpy_dtype_promotion(promotion):
+                updates, state = update(grads, state, params, **extra)
+        params = optax.apply_updates(params, updates)
+        trajectory.append(params)
+        states.append(state)
+    return Run(params, state, trajectory, states)
