@@ -417,3 +417,92 @@ def test_unknown_extra_args_are_ignored():
     with_extra, _ = tx.update(grads, state, params, value=1.0, grad_fn=None)
     without, _ = tx.update(grads, state, params)
     jax.tree.map(np.testing.assert_array_equal, with_extra, without)
+
+
+# --- each rule's first steps, exactly --------------------------------------------------------
+
+RULES = ("additive", "normalized", "multiplicative", "log_normalized")
+
+
+def _hooked_run(tx, steps, problem=PROBLEM):
+    """Eager steps through the public debug hook: (grads, state before, aux, state after)."""
+    hooked = lrr_optax.update_with_hypergradients(tx)
+    params = problem.params(jnp.float64)
+    state = tx.init(params)
+    records = []
+    for n in range(steps):
+        grads = jax.grad(problem.loss)(params, n)
+        updates, new_state, aux = hooked(grads, state, params)
+        records.append((grads, state, aux, new_state))
+        params, state = optax.apply_updates(params, updates), new_state
+    return records
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+@pytest.mark.parametrize("rule", RULES)
+def test_first_steps_of_each_rule_are_exact(rule, clip):
+    """Order 1 on SGD, per parameter, no bounds: h, η and α of the first three steps.
+
+    At the first active step the normaliser's debiased v̂ is u² exactly, so a normalised
+    rule moves η by exactly −ρ·sign(h) ("normalized") or to η·exp(−ρ·sign(η·h))
+    ("log_normalized"), before the clip.
+    """
+    rho, beta = 0.02, 0.9
+    tx = lrr_optax.learning_rate_rates(
+        0.05,
+        (rho,),
+        granularity="parameter",
+        rule=rule,
+        clip=clip,
+        bounds=None,
+        normalizer_decay=beta,
+        normalizer_eps=1e-30,
+    )
+    records = _hooked_run(tx, 3)
+    c = np.inf if clip is None else clip
+    log = rule in ("multiplicative", "log_normalized")
+    moment = 0.0
+    prev_grads = None
+    for n, (grads, before, aux, after) in enumerate(records):
+        eta, new_eta = _flat(before.etas[0]), _flat(after.etas[0])
+        h = _flat(aux.hypergradients[0])
+        g = _flat(grads)
+        # h⁽⁰⁾_n = −g_n ⊙ d_{n−1}, with d = g (SGD) and d₋₁ = 0.
+        np.testing.assert_array_equal(h, 0.0 if prev_grads is None else -g * prev_grads)
+        prev_grads = g
+        if n == 0:
+            np.testing.assert_array_equal(new_eta, eta)  # nothing to adapt on yet
+            continue
+        u = eta * h if log else h
+        if rule in ("normalized", "log_normalized"):
+            k = n  # the steps h⁽⁰⁾ has existed: 1 at the first active step
+            moment = beta * moment + (1 - beta) * u**2
+            s = u / np.sqrt(moment / (1 - beta**k))
+            if k == 1:
+                np.testing.assert_allclose(s, np.sign(u), rtol=1e-15)
+        else:
+            s = u
+        s = np.clip(s, -c, c)
+        expected = eta * np.exp(-rho * s) if log else eta - rho * s
+        np.testing.assert_allclose(new_eta, expected, rtol=1e-14)
+        alpha = -expected * s if log else -s
+        np.testing.assert_allclose(_flat(aux.alphas[0]), alpha, rtol=1e-13)
+
+
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+def test_each_order_chains_through_alpha_from_its_lag(schedule):
+    """h⁽ʲ⁾_n = h⁽ʲ⁻¹⁾_n ⊙ α⁽ʲ⁻¹⁾_{n−L_j}, L_j = j (simultaneous) or 1 (cascade)."""
+    order = 4
+    tx = lrr_optax.learning_rate_rates(
+        0.05, (0.5,) * order, schedule=schedule, bounds=None, **SEED
+    )
+    records = _hooked_run(tx, 12)
+    for n, (_, _, aux, _) in enumerate(records):
+        for j in range(1, order):
+            lag = j if schedule == "simultaneous" else 1
+            alpha = records[n - lag][2].alphas[j - 1] if n >= lag else None
+            h_below = _flat(aux.hypergradients[j - 1])
+            expected = np.zeros_like(h_below) if alpha is None else h_below * _flat(alpha)
+            np.testing.assert_array_equal(_flat(aux.hypergradients[j]), expected)
+    # Every order's hypergradient was non-zero by the end: the check tested something.
+    assert all(np.any(_flat(h) != 0) for h in records[-1][2].hypergradients)
