@@ -19,7 +19,7 @@ import lrr_optax
 from .problems import PROBLEMS, optax_promotion, train
 
 PROBLEM = PROBLEMS["regression"]
-# The seed's algorithm, whatever the shipped defaults are: tests of the recursion's mechanics
+# The original algorithm, whatever the shipped defaults are: tests of the recursion's mechanics
 # and of the anchors name it explicitly.
 SEED = dict(granularity="parameter", rule="additive", clip=None)
 
