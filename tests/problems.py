@@ -101,7 +101,7 @@ class Factory(NamedTuple):
     kwargs: dict
 
 
-def _seed(
+def _original(
     learning_rate,
     rates=(1e-6, 1e-9),
     *,
@@ -142,7 +142,7 @@ def _factories():
             ),
             Factory("lrr_adam", lrr_optax.lrr_adam, {"learning_rate": 1e-3}),
             Factory("lrr_adamw", lrr_optax.lrr_adamw, {"learning_rate": 1e-3}),
-            Factory("seed", _seed, {"learning_rate": 1e-2}),
+            Factory("original", _original, {"learning_rate": 1e-2}),
         ]
     }
 

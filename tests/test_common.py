@@ -96,7 +96,7 @@ def test_inject_hyperparams_equals_the_plain_optimizer(name):
     static_args = tuple(a for a in STRUCTURAL if a in signature)
     # Structural options given explicitly, so that they must reach the factory as such.
     options = dict(schedule="cascade", granularity="parameter", rates=(1e-2, 1e-3))
-    if name != "seed":
+    if name != "original":
         options |= dict(rule="normalized", bounds=(0.0, 1.0))
     injected = optax.inject_hyperparams(f.factory, static_args=static_args)(**f.kwargs, **options)
     plain = f.factory(**f.kwargs, **options)

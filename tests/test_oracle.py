@@ -1,4 +1,4 @@
-"""``learning_rate_rates`` against the autodiff oracle of ``docs/math.md`` (``oracle.py``), float64."""
+"""``learning_rate_rates`` against the autodiff oracle of ``docs/math.md``, in float64."""
 
 from __future__ import annotations
 
