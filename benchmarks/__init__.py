@@ -1,1 +1,1 @@
-"""lrr_optax's benchmark suite: ``python -m benchmarks``."""
+"""lrr_optax's benchmarks: ``python -m benchmarks`` (quality) and ``python -m benchmarks.speed``."""

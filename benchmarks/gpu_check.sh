@@ -56,6 +56,6 @@ has_gpu() {
     echo "== speed table (reduced)"
     timeout 420 "$PY" -m benchmarks.speed --cpu none --sizes 10M,50M --orders 0-3,6 \
         --rules additive,normalized --granularities parameter,tensor \
-        --rss-sizes "" --out "$OUT" --name speed_gpu
+        --rss-sizes "" --out "$OUT" --raw "$OUT" --name speed_gpu
     echo "speed exit status: $?"
 } 2>&1 | tee "$OUT/gpu_check.log"

@@ -7,7 +7,10 @@ from typing import Any
 
 import optax
 
-from ._transform import DEFAULT_RATES, learning_rate_rates
+from ._granularity import Granularity
+from ._options import DEFAULT_RATES, Schedule
+from ._rules import Rule
+from ._transform import Bounds, learning_rate_rates
 
 
 def lrr_sgd(
@@ -16,7 +19,17 @@ def lrr_sgd(
     *,
     momentum: float | None = None,
     nesterov: bool = False,
-    **options: Any,
+    schedule: Schedule = "simultaneous",
+    granularity: Granularity | Sequence[Granularity] = "tensor",
+    rule: Rule = "log_normalized",
+    clip: float | Sequence[float | None] | None = 1.0,
+    bounds: Bounds | Sequence[Bounds | None] | None = (0.0, None),
+    state_dtype: Any = None,
+    normalizer_decay: float = 0.99,
+    normalizer_eps: float = 1e-30,
+    warmup_steps: int = 0,
+    warmup_start: float = 1e-3,
+    horizon: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""SGD (optionally with momentum) with learning rates of learning rates.
 
@@ -30,8 +43,9 @@ def lrr_sgd(
       rates: initial η⁽¹⁾ … η⁽ᵐ⁻¹⁾, then the fixed (or scheduled) top rate.
       momentum: the momentum decay μ, or ``None`` for plain SGD.
       nesterov: whether to use Nesterov momentum.
-      **options: keyword options of :func:`learning_rate_rates` (``schedule``,
-        ``granularity``, ``rule``, ``clip``, ``bounds``, ``state_dtype``, …).
+      schedule, granularity, rule, clip, bounds, state_dtype, normalizer_decay,
+        normalizer_eps, warmup_steps, warmup_start, horizon: as in
+        :func:`learning_rate_rates`.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -45,7 +59,22 @@ def lrr_sgd(
       Baydin et al., "Online Learning Rate Adaptation with Hypergradient Descent", 2018.
     """
     direction = optax.trace(decay=momentum, nesterov=nesterov) if momentum is not None else None
-    return learning_rate_rates(learning_rate, rates, direction=direction, **options)
+    return learning_rate_rates(
+        learning_rate,
+        rates,
+        direction=direction,
+        schedule=schedule,
+        granularity=granularity,
+        rule=rule,
+        clip=clip,
+        bounds=bounds,
+        state_dtype=state_dtype,
+        normalizer_decay=normalizer_decay,
+        normalizer_eps=normalizer_eps,
+        warmup_steps=warmup_steps,
+        warmup_start=warmup_start,
+        horizon=horizon,
+    )
 
 
 def lrr_adam(
@@ -57,7 +86,17 @@ def lrr_adam(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     nesterov: bool = False,
-    **options: Any,
+    schedule: Schedule = "simultaneous",
+    granularity: Granularity | Sequence[Granularity] = "tensor",
+    rule: Rule = "log_normalized",
+    clip: float | Sequence[float | None] | None = 1.0,
+    bounds: Bounds | Sequence[Bounds | None] | None = (0.0, None),
+    state_dtype: Any = None,
+    normalizer_decay: float = 0.99,
+    normalizer_eps: float = 1e-30,
+    warmup_steps: int = 0,
+    warmup_start: float = 1e-3,
+    horizon: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam with learning rates of learning rates.
 
@@ -73,7 +112,9 @@ def lrr_adam(
       eps: added to the root of the second moment.
       eps_root: added inside the root.
       nesterov: whether to use the Nesterov variant (NAdam).
-      **options: keyword options of :func:`learning_rate_rates`.
+      schedule, granularity, rule, clip, bounds, state_dtype, normalizer_decay,
+        normalizer_eps, warmup_steps, warmup_start, horizon: as in
+        :func:`learning_rate_rates`.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -88,7 +129,22 @@ def lrr_adam(
       Hypergradient Descent", 2018.
     """
     direction = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov)
-    return learning_rate_rates(learning_rate, rates, direction=direction, **options)
+    return learning_rate_rates(
+        learning_rate,
+        rates,
+        direction=direction,
+        schedule=schedule,
+        granularity=granularity,
+        rule=rule,
+        clip=clip,
+        bounds=bounds,
+        state_dtype=state_dtype,
+        normalizer_decay=normalizer_decay,
+        normalizer_eps=normalizer_eps,
+        warmup_steps=warmup_steps,
+        warmup_start=warmup_start,
+        horizon=horizon,
+    )
 
 
 def lrr_adamw(
@@ -102,7 +158,17 @@ def lrr_adamw(
     weight_decay: float = 1e-4,
     mask: Any | Callable[[optax.Params], Any] | None = None,
     nesterov: bool = False,
-    **options: Any,
+    schedule: Schedule = "simultaneous",
+    granularity: Granularity | Sequence[Granularity] = "tensor",
+    rule: Rule = "log_normalized",
+    clip: float | Sequence[float | None] | None = 1.0,
+    bounds: Bounds | Sequence[Bounds | None] | None = (0.0, None),
+    state_dtype: Any = None,
+    normalizer_decay: float = 0.99,
+    normalizer_eps: float = 1e-30,
+    warmup_steps: int = 0,
+    warmup_start: float = 1e-3,
+    horizon: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW with learning rates of learning rates.
 
@@ -120,7 +186,9 @@ def lrr_adamw(
       weight_decay: the decoupled weight decay λ.
       mask: which parameters to decay, as in ``optax.add_decayed_weights``.
       nesterov: whether to use the Nesterov variant.
-      **options: keyword options of :func:`learning_rate_rates`.
+      schedule, granularity, rule, clip, bounds, state_dtype, normalizer_decay,
+        normalizer_eps, warmup_steps, warmup_start, horizon: as in
+        :func:`learning_rate_rates`.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -137,4 +205,19 @@ def lrr_adamw(
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov),
         optax.add_decayed_weights(weight_decay, mask),
     )
-    return learning_rate_rates(learning_rate, rates, direction=direction, **options)
+    return learning_rate_rates(
+        learning_rate,
+        rates,
+        direction=direction,
+        schedule=schedule,
+        granularity=granularity,
+        rule=rule,
+        clip=clip,
+        bounds=bounds,
+        state_dtype=state_dtype,
+        normalizer_decay=normalizer_decay,
+        normalizer_eps=normalizer_eps,
+        warmup_steps=warmup_steps,
+        warmup_start=warmup_start,
+        horizon=horizon,
+    )

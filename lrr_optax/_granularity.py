@@ -4,7 +4,7 @@ A rate at granularity ``"parameter"`` is a pytree shaped like the parameters; at
 ``"tensor"`` it is a pytree of scalars with the parameters' structure; at ``"global"``
 it is one scalar array. Going up the orders a granularity may only get coarser, so
 the two operations needed are *reduce* (sum a finer tree onto a coarser one, the
-``reduce_j`` of the design page) and *expand* (broadcast a coarser rate back onto the
+``reduce_j`` of ``docs/math.md``) and *expand* (broadcast a coarser rate back onto the
 leaves of a finer tree so that elementwise rules can combine them).
 """
 

@@ -7,7 +7,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ._transform import LearningRateRatesState
+from ._dtypes import at_least_float32, promote
+from ._state import LearningRateRatesState
+from ._step import step_with_hypergradients
 
 
 def _find_states(opt_state) -> list[LearningRateRatesState]:
@@ -89,12 +91,13 @@ def summarize(opt_state) -> dict[str, jax.Array]:
             leaves = [x for x in jax.tree.leaves(eta) if jnp.size(x)]
             if not leaves:
                 continue
-            dtype = jnp.result_type(*leaves)
+            # Sum in at least float32: a million bf16 rates of 0.01 do not add up in bf16.
+            dtype = at_least_float32(promote(*(x.dtype for x in leaves)))
             # Reduce leaf by leaf: flattening and concatenating would reshape sharded arrays,
             # which explicitly sharded meshes refuse.
             total = sum(jnp.sum(x, dtype=dtype) for x in leaves)
             size = sum(jnp.size(x) for x in leaves)
-            summary[f"{prefix}eta{j}/mean"] = total / size
+            summary[f"{prefix}eta{j}/mean"] = total / jnp.asarray(size, dtype)
             lows = jnp.stack([jnp.min(x).astype(dtype) for x in leaves])
             highs = jnp.stack([jnp.max(x).astype(dtype) for x in leaves])
             summary[f"{prefix}eta{j}/min"] = jnp.min(lows)
@@ -108,7 +111,7 @@ def update_with_hypergradients(tx) -> Any:
     A debug hook: the returned function takes ``(updates, state, params=None, **extra)``
     like ``tx.update`` and returns ``(updates, state, hypergradients)``, where
     ``hypergradients`` is a :class:`Hypergradients` holding this step's raw h⁽ʲ⁾ (the
-    derivative of the loss with respect to η⁽ʲ⁾, design page section 5) and α⁽ʲ⁾.
+    derivative of the loss with respect to η⁽ʲ⁾, ``docs/math.md``) and α⁽ʲ⁾.
 
     Args:
       tx: a transformation built by :func:`learning_rate_rates` or one of its aliases
@@ -126,8 +129,7 @@ def update_with_hypergradients(tx) -> Any:
       >>> aux.hypergradients[0]["w"].tolist()  # d_{-1} = 0: no hypergradient yet
       [-0.0, -0.0]
     """
-    impl = getattr(tx.update, "__self__", None)
-    step = getattr(impl, "step", None)
+    step = step_with_hypergradients(tx)
     if step is None:
         raise ValueError(
             "update_with_hypergradients needs the transformation returned by "

@@ -2,12 +2,13 @@
 
 A rule moves one order's rate η by its hypergradient h using the rate above it, ρ:
 ``η ← R(η, ρ, h)``, and returns ``α = ∂R/∂ρ``, the factor the hypergradient of the next
-order is chained through (design page, section 4). Every rule is written as
+order is chained through (``docs/math.md``, "Rules"). Every rule is written as
 
-    s = step(h)            # the rule's direction for η, before the rate above
-    s = clip(s, -c, c)     # optional
+    u = η·h (log-space rules) or h      # the signal
+    s = u / (√v̂ + ε) (normalised) or u  # v̂: debiased EMA of u², held constant in the chain
+    s = clip(s, −c, c)                   # optional
     R = η − ρ·s            (additive family)       α = −s
-    R = η·exp(−ρ·s)        (multiplicative family) α = −R·s
+    R = η·exp(−ρ·s)        (log-space family)      α = −R·s
     R = clamp(R, lo, hi)                           α = 0 where clamped
 
 so clipping, normalising and bounds change how a rate moves and never the chain itself.
@@ -16,38 +17,47 @@ All functions here are elementwise on one leaf; the transformation maps them ove
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax.numpy as jnp
+
+from ._dtypes import at_least_float32
 
 Rule = Literal["additive", "normalized", "multiplicative", "log_normalized"]
 
 RULES: tuple[Rule, ...] = ("additive", "normalized", "multiplicative", "log_normalized")
 NORMALIZED_RULES: frozenset[str] = frozenset({"normalized", "log_normalized"})
-MULTIPLICATIVE_RULES: frozenset[str] = frozenset({"multiplicative", "log_normalized"})
+LOG_SPACE_RULES: frozenset[str] = frozenset({"multiplicative", "log_normalized"})
 
 
-class RuleOptions(NamedTuple):
-    """Static options of one order's rule (Python values, fixed at build time)."""
+class RuleConfig(NamedTuple):
+    """One order's rule, resolved once when the transformation is built."""
 
     rule: Rule
-    clip: float | None
+    log_space: bool  # η moves by a factor, along ∂J/∂log η = η·h
+    normalized: bool  # the signal is divided by the root of its debiased EMA
+    clip: Any  # c, or None
     lower: float | None
     upper: float | None
-    decay: float  # EMA decay of the normaliser's second moment
-    eps: float  # added to the normaliser's root
+    decay: Any  # β of the normaliser's EMA
+    eps: Any  # ε added to the normaliser's root
+
+    @classmethod
+    def make(cls, rule: Rule, clip, lower, upper, decay, eps) -> RuleConfig:
+        return cls(
+            rule, rule in LOG_SPACE_RULES, rule in NORMALIZED_RULES, clip, lower, upper, decay, eps
+        )
 
 
-def apply_rule(options: RuleOptions, eta, rate, h, second_moment, active_steps):
+def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
     """One rule step on one leaf.
 
     Args:
-      options: the order's static rule options.
+      config: the order's rule.
       eta: the current rate η (state dtype).
       rate: the rate above, ρ, broadcastable to ``eta``.
       h: the raw hypergradient of this order, finite (non-finite entries already zeroed).
-      second_moment: the normaliser's EMA of the squared step input, or ``None`` for
-        rules without one.
+      second_moment: the normaliser's EMA of u², or ``None`` for rules without one.
       active_steps: k ≥ 1, the steps this order's hypergradient has existed; the EMA is
         divided by ``1 − decay**k`` as in Adam.
 
@@ -55,52 +65,60 @@ def apply_rule(options: RuleOptions, eta, rate, h, second_moment, active_steps):
       ``(new_eta, alpha, new_second_moment)``; ``alpha = ∂R/∂ρ`` and is zero where the
       rule could not produce a finite value (the rate is then kept).
     """
-    rule = options.rule
     dtype = eta.dtype
-    rate = jnp.asarray(rate).astype(dtype)
-    # Log-space rules descend along ∂J/∂log η = η·h.
-    signal = eta * h if rule in MULTIPLICATIVE_RULES else h
+    compute = at_least_float32(dtype)
+    eta_c = eta.astype(compute)
+    rate = jnp.asarray(rate).astype(compute)
+    h = jnp.asarray(h).astype(compute)
+    signal = eta_c * h if config.log_space else h
 
     new_second_moment = second_moment
-    if rule in NORMALIZED_RULES:
-        moment = options.decay * second_moment + (1.0 - options.decay) * jnp.square(signal)
+    if config.normalized:
+        decay = jnp.asarray(config.decay).astype(compute)
+        moment = decay * second_moment + (1 - decay) * jnp.square(signal)
         # An overflowed moment would freeze the rate for ever: keep the old one instead.
         new_second_moment = jnp.where(jnp.isfinite(moment), moment, second_moment)
-        debias = 1.0 - options.decay ** jnp.asarray(active_steps).astype(dtype)
-        scale = jnp.sqrt(new_second_moment / debias)
-        # A signal whose square underflows (products of many small gradients in float32)
-        # leaves the moment at zero: it carries no usable information, so it moves nothing.
-        step = jnp.where(
-            scale > 0, signal / (scale + jnp.asarray(options.eps, dtype)), jnp.zeros_like(signal)
-        )
-        # Exactly, v̂ ≥ (1 − decay)·signal²/debias, so |step| ≤ √(debias/(1 − decay)); clipping
+        debias = 1 - decay ** jnp.asarray(active_steps).astype(compute)
+        # A signal whose square underflows (products of many small gradients) leaves the
+        # moment at zero: it carries no usable information, so it moves nothing. The inner
+        # where keeps sqrt and the division away from 0, so derivatives through the rule
+        # (meta-learning) stay finite.
+        informed = new_second_moment > 0
+        safe = jnp.where(informed, new_second_moment, jnp.ones_like(new_second_moment))
+        scale = jnp.sqrt(safe / debias)
+        eps = jnp.asarray(config.eps).astype(compute)
+        step = jnp.where(informed, signal / (scale + eps), jnp.zeros_like(signal))
+        # Exactly, v̂ ≥ (1 − decay)·u²/debias, so |step| ≤ √(debias/(1 − decay)); clipping
         # there changes nothing but a subnormal moment's rounding.
-        bound = jnp.sqrt(debias / (1.0 - options.decay))
+        bound = jnp.sqrt(debias / (1 - decay))
         step = jnp.clip(step, -bound, bound)
     else:
         step = signal
 
-    if options.clip is not None:
-        step = jnp.clip(step, -options.clip, options.clip)
+    if config.clip is not None:
+        clip = jnp.asarray(config.clip).astype(compute)
+        step = jnp.clip(step, -clip, clip)
 
-    if rule in MULTIPLICATIVE_RULES:
-        new_eta = eta * jnp.exp(-rate * step)
+    if config.log_space:
+        new_eta = eta_c * jnp.exp(-rate * step)
         alpha = -new_eta * step
     else:
-        new_eta = eta - rate * step
+        new_eta = eta_c - rate * step
         alpha = -step
 
-    if options.lower is not None or options.upper is not None:
+    if config.lower is not None or config.upper is not None:
         clamped = jnp.zeros(new_eta.shape, bool)
-        if options.lower is not None:
-            clamped = clamped | (new_eta < options.lower)
-        if options.upper is not None:
-            clamped = clamped | (new_eta > options.upper)
-        new_eta = jnp.clip(new_eta, options.lower, options.upper)
+        if config.lower is not None:
+            clamped = clamped | (new_eta < config.lower)
+        if config.upper is not None:
+            clamped = clamped | (new_eta > config.upper)
+        new_eta = jnp.clip(new_eta, config.lower, config.upper)
         alpha = jnp.where(clamped, jnp.zeros_like(alpha), alpha)
 
+    new_eta = new_eta.astype(dtype)
+    alpha = alpha.astype(dtype)
     finite = jnp.isfinite(new_eta)
-    if rule in MULTIPLICATIVE_RULES or (rule in NORMALIZED_RULES and options.clip is None):
+    if config.log_space or (config.normalized and config.clip is None) or compute != dtype:
         # Elsewhere α is −h or its clip (or 0), finite since h is: testing it would
         # only cost the rate's kernel, which XLA:CPU runs compute-bound, more work.
         finite = finite & jnp.isfinite(alpha)

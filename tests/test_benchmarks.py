@@ -1,60 +1,201 @@
-"""The benchmark suite's machinery still runs end to end (on a tiny problem, a few steps).
+"""The benchmark suites still run end to end (tiny problems, a few steps), and their parts.
 
-This checks that ``python -m benchmarks`` has not rotted; it measures nothing.
+This checks that ``python -m benchmarks`` and ``python -m benchmarks.speed`` have not
+rotted; it measures nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
-from benchmarks import methods, report, runner, suite
+import lrr_optax
+from benchmarks.quality import cli, methods, metrics, report, runner, suite
+
+ROOT = Path(__file__).parent.parent
 
 
-def _tiny_results():
+def _python(*args: str, timeout: int = 240) -> str:
+    """Run ``python -m ...`` from the repository root; its output, or the failure."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+# --- methods as data, and the variants of the command line ------------------------------------
+
+
+def test_variant_parser():
+    m = methods.parse_variant("top 0.1:rates=(0.3,0.1),rule=additive,clip=None,direction=sgd")
+    assert m.name == "top 0.1" and m.direction == "sgd" and m.family == "variant"
+    assert m.options == {"rates": (0.3, 0.1), "rule": "additive", "clip": None}
+    # The old --lrr spelling: no name, rates and bounds as a/b.
+    m = methods.parse_variant("rates=1e-1/1e-2,bounds=0/none,granularity=('tensor','global')")
+    assert m.name == "rates=1e-1/1e-2,bounds=0/none,granularity=('tensor','global')"
+    assert m.direction == "adam"
+    assert m.options == {
+        "rates": (0.1, 0.01),
+        "bounds": (0, None),
+        "granularity": ("tensor", "global"),
+    }
+    assert methods.parse_variant("one:rates=0.01").options == {"rates": (0.01,)}
+    for bad in ("x:no_such_option=1", "x:rule=fast", "x:direction=lion", "x:rates"):
+        with pytest.raises(ValueError):
+            methods.parse_variant(bad)
+
+
+def test_methods_are_records_over_the_library_options():
+    options = {"full": True, "seeds": 2, "variants": ("mine:clip=0.5",)}
+    every = suite.all_methods(options)
+    names = [m.name for m in every]
+    assert len(names) == len(set(names))
+    assert {"adam", "sgd", "sgd-hd", "adam-hd", "prodigy", "order m4 sgd", "mine"} <= set(names)
+    assert all(m.lrs or m.lr == "default" for m in every)
+    cascades = [m for m in every if m.options.get("schedule") == "cascade"]
+    assert cascades and all(
+        m.options["schedule"] in lrr_optax.SCHEDULES for m in every if m.options.get("schedule")
+    )
+    defaults = {m.name: m for m in every if m.family == "default"}
+    assert all(
+        m.options == {} and m.order == len(lrr_optax.DEFAULT_RATES) for m in defaults.values()
+    )
+    assert methods.library_rates(3)[-1] == lrr_optax.DEFAULT_RATES[-1]
+    quick = {"full": False, "seeds": 2}
+    order = [m for m in suite.all_methods(quick) if m.family == "order"]
+    others = len(suite.all_methods(quick)) - len(order)
+    expected = others * len(suite.problem_names(quick)) + len(order) * len(suite.ORDER_STUDY_QUICK)
+    assert len(suite.jobs(quick)) == expected
+    roles = {suite.build_problem(p).role for p in ("rosenbrock", "diabetes")}
+    assert roles == {"choose", "confirm"}
+
+
+def test_late_max():
+    curve = np.asarray([[5.0, 2.0, 1.0, 4.0, 3.0], [5.0, 4.0, 3.0, 2.0, 1.0], [3, 1, 2, np.nan, 5]])
+    np.testing.assert_array_equal(metrics.late_max(curve), [4.0, 1.0, np.inf])
+
+
+# --- the quality suite --------------------------------------------------------------------------
+
+
+def test_every_kind_of_method_trains():
+    """One job per kind of method: traced rates, traced top rate, LR-free needing the loss."""
     problem = suite.build_problem("rosenbrock")
     chosen = [
-        m
-        for m in methods.with_grid(methods.baselines() + methods.defaults(), [1e-4, 1e-3])
-        if m.name in ("adam", "lrr (defaults)")
+        methods.Method("adam", "optax", "adam", lr="tuned", lrs=(1e-3, 1e-2)),
+        methods.Method("momo", "lr-free", lr="default", contrib="momo_adam"),
+        methods.Method("sf", "lr-free", lr="default", contrib="schedule_free_adamw"),
+        # SGD from 0.1 diverges on the Rosenbrock function, whatever the top rate.
+        dataclasses.replace(methods.order_study(orders=(2,))[0], lrs=(1e-5,)),
+        methods.with_lrs([methods.parse_variant("v:clip=0.5,direction=sgd")], (1e-3,))[0],
     ]
-    chosen += [m for m in methods.lr_free() if m.name in ("schedule_free_adamw", "momo_adam")]
     # optax's own transformations rely on standard dtype promotion.
     with jax.numpy_dtype_promotion("standard"):
-        return [runner.run_job(problem, m, steps=8, seeds=2, n_evals=2) for m in chosen]
-
-
-def test_suite_runs_and_reports(tmp_path):
-    results = _tiny_results()
-    for result in results:
+        results = [runner.run_job(problem, m, steps=8, seeds=2, n_evals=2) for m in chosen]
+    for method, result in zip(chosen, results):
         final = np.asarray(result["final"])
-        assert final.shape == (len(result["grid"]), 2)
-        assert np.all(np.isfinite(final))
+        assert final.shape == (len(method.grid()), 2)
+        assert np.all(np.isfinite(final)), method.name
         # Common random numbers: every method starts from the same parameters.
-        assert result["initial"] == results[0]["initial"][:1] * len(result["grid"])
-    scores = report.score(results)
-    rosenbrock = scores["rosenbrock"]
-    assert set(rosenbrock["methods"]) == {r["method"] for r in results}
-    assert rosenbrock["best"] == min(np.median(r["final"], 1).min() for r in results)
-    assert "lrr (defaults)" in rosenbrock["goal"]
-    text = report.markdown(scores, "# header")
-    assert "| rosenbrock |" in text and "lrr (defaults)" in text
-    report.write_json(tmp_path / "r.json", {"command": "test"}, results, scores)
-    assert json.loads((tmp_path / "r.json").read_text())["meta"]["command"] == "test"
-    written = report.plots(results, scores, tmp_path, "tiny")
-    assert written and all(path.stat().st_size > 0 for path in written)
+        assert np.all(np.asarray(result["initial"]) == results[0]["initial"][0][0])
+    scores = report.score(results)["rosenbrock"]
+    scored = [r for r in results if r["family"] != "order"]
+    assert scores["best"] == min(np.median(r["final"], 1).min() for r in scored)
+    assert set(scores["methods"]) == {r["method"] for r in scored}
+    assert set(scores["order_study"]) == {"sgd"}
 
 
-def test_every_quick_method_builds():
-    options = {"full": False, "seeds": 2}
-    names = {m.name for m in suite.all_methods(options)}
-    assert {"adam", "sgd", "sgd-hd", "adam-hd", "prodigy", "order m4 sgd"} <= names
-    order = {m.name for m in suite.all_methods(options) if m.family == "order"}
-    expected = (len(names) - len(order)) * len(suite.problem_names(options)) + len(order) * len(
-        suite.ORDER_STUDY_QUICK
+def test_quality_entry_point_in_process(tmp_path, capsys):
+    argv = ["--problem", "rosenbrock", "--problem", "diabetes", "--steps", "4", "--seeds", "1"]
+    argv += ["--evals", "2", "--workers", "0", "--results", str(tmp_path), "--raw", str(tmp_path)]
+    argv += ["--methods", "lrr_adam"]
+    argv += ["--variant", "bigger top:rates=(0.3,0.1)", "--out", "tiny"]
+    with jax.numpy_dtype_promotion("standard"):
+        assert cli.main(argv) == 0
+    text = (tmp_path / "tiny.md").read_text()
+    assert "Command: `python -m benchmarks --problem rosenbrock" in text
+    assert report.ROLES["choose"] in text and report.ROLES["confirm"] in text
+    assert "| bigger top |" in text and "late max" in text
+    summary = json.loads((tmp_path / "tiny.json").read_text())
+    assert set(summary["scores"]) == {"rosenbrock", "diabetes"}
+    assert summary["meta"]["variants"] == {"bigger top": {"direction": "adam", "rates": [0.3, 0.1]}}
+    assert set(summary["scores"]["diabetes"]["methods"]) == {"lrr_adam (defaults)", "bigger top"}
+    assert all((tmp_path / f"tiny{s}.png").stat().st_size > 0 for s in ("", "_curves"))
+    assert "Problems the defaults were chosen on" in capsys.readouterr().out
+
+
+def test_demo_entry_point(tmp_path):
+    """``python -m benchmarks --demo``, with worker processes, on a tiny budget."""
+    out = _python(
+        "benchmarks",
+        "--demo",
+        "--problem",
+        "rosenbrock",
+        "--steps",
+        "4",
+        "--seeds",
+        "1",
+        "--evals",
+        "2",
+        "--workers",
+        "1",
+        "--results",
+        str(tmp_path),
+        "--raw",
+        str(tmp_path / "raw"),
     )
-    assert len(suite.jobs(options)) == expected
-    spec = suite.parse_spec("direction=adam,rule=log_normalized,rates=1e-2/1e-2,clip=1")
-    assert spec.name in {m.name for m in suite.all_methods({**options, "specs": (spec.name,)})}
+    header = "| problem | method | from 1e-06 | from 0.0001 | from 0.01 | from 1 | tuned Adam (lr)"
+    assert header in out
+    assert "| rosenbrock (choose) | lrr_adam (defaults) |" in out
+    assert (tmp_path / "demo.md").exists() and (tmp_path / "raw" / "demo.json").exists()
+
+
+# --- the speed suite ----------------------------------------------------------------------------
+
+
+def test_speed_entry_point(tmp_path):
+    out = _python(
+        "benchmarks.speed",
+        "--sizes",
+        "4K",
+        "--orders",
+        "0-1",
+        "--rules",
+        "additive",
+        "--granularities",
+        "parameter",
+        "--baselines",
+        "adam",
+        "--no-scan",
+        "--min-time",
+        "0.01",
+        "--rss-sizes",
+        "",
+        "--cpu",
+        "none",
+        "--out",
+        str(tmp_path),
+        "--raw",
+        str(tmp_path / "raw"),
+    )
+    assert "lrr m=1 additive parameter" in out
+    text = (tmp_path / "speed.md").read_text()
+    assert text.startswith("# Speed and memory of one optimizer step")
+    assert "| adam |" in text and "Command: `python -m benchmarks.speed --sizes 4K" in text
+    records = json.loads((tmp_path / "raw" / "speed.json").read_text())["results"]
+    assert {r["name"] for r in records} >= {"adam", "lrr m=0", "lrr m=1 additive parameter"}

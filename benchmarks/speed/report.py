@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import statistics
 
+import lrr_optax
+
+from .._common import ratio as _ratio
+from .._common import table
+
 _NOTES = """\
 ## How to read this
 
@@ -16,14 +21,14 @@ _NOTES = """\
   that of 1 step, over k, so per-call work (dispatch, work that XLA hoists out of the loop
   because the gradient is the same every step) is not counted.
 - **model B/p**: bytes per parameter a step must move if each buffer is read once and
-  written once in one fused pass (`benchmarks/_speed_models.py`); for `learning_rate_rates`
+  written once in one fused pass (`benchmarks/speed/configs.py`); for `learning_rate_rates`
   that is linear in the order m: 4·(4m + 1) B at parameter granularity (the α ring is read
   and written at one slot per order and step, whatever its length), 4·6 B at tensor or
   global granularity (a reduction pass, then the update pass). **GB/s** = model bytes /
   time, and **% roof** compares that with the copy bandwidth measured in the same run at
   the same size (`roofline` below: bytes read + written per second of a copy).
 - **HLO B/p**, **copies**, **kernels**: what the compiled step does, read from its optimized
-  HLO (`benchmarks/_speed_hlo.py`): every kernel's operands and result, a ring slot counted
+  HLO (`benchmarks/speed/hlo.py`): every kernel's operands and result, a ring slot counted
   as a slot. HLO B/p over model B/p is the traffic XLA adds to the algorithm's.
 - **state B/p**: optimizer state per parameter, model (parameter-sized buffers) / measured
   (all leaves). **peak MB**: `compiled.memory_analysis()` of the step (arguments +
@@ -68,20 +73,17 @@ def _by_name(records, size):
     return {r["name"]: r for r in records if r["size"] == size and not r.get("skipped")}
 
 
-def _ratio(a, b):
-    return a / b if a and b else None
-
-
 def markdown(data: dict, gpu_results: str | None = None) -> str:
     """The report; ``gpu_results`` names the GPU check's report when there is one."""
     meta, records = data["meta"], data["results"]
+    cpu = meta.get("cpu") or meta["machine"]  # raw results of older runs: "machine"
     sizes = sorted({r["size"] for r in records})
     lines = [
         "# Speed and memory of one optimizer step",
         "",
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}  ",
-        f"Machine: {meta['machine']['lscpu_model']}, nproc {meta['machine']['nproc']}, "
+        f"Machine: {cpu['lscpu_model']}, nproc {cpu['nproc']}, "
         f"{meta['pinning']}; {meta['backend']} ({meta['device']})  ",
         f"Software: Python {meta['python']}, jax {meta['jax']}, optax {meta['optax']}; "
         f"XLA_FLAGS=`{meta['xla_flags']}`  ",
@@ -90,9 +92,9 @@ def markdown(data: dict, gpu_results: str | None = None) -> str:
         "",
         "```",
         "$ lscpu | head -n 20",
-        meta["machine"]["lscpu_head"],
+        cpu["lscpu_head"],
         "$ free -g | head -n 2",
-        meta["machine"].get("memory", ""),
+        cpu.get("memory", ""),
         "```",
         "",
         (
@@ -130,56 +132,57 @@ def _size_name(n: int) -> str:
 def _table(records, size) -> list[str]:
     rows = [r for r in records if r["size"] == size]
     adam = _by_name(records, size).get("adam", {})
-    header = (
-        "| configuration | step ms | wall ms | scan ms | × adam step | × adam scan | model B/p "
-        "| HLO B/p "
-        "| GB/s step | % roof step | % roof scan | copies step/scan | kernels "
-        "| state B/p model/meas | peak MB | RSS MB | compile s | × adam compile |"
-    )
-    lines = [
-        "",
-        f"## {_size_name(size)} parameters ({rows[0]['params']:,} float32)",
-        "",
-        header,
-        _separator(header),
+    headers = [
+        "configuration",
+        "step ms",
+        "wall ms",
+        "scan ms",
+        "× adam step",
+        "× adam scan",
+        "model B/p",
+        "HLO B/p",
+        "GB/s step",
+        "% roof step",
+        "% roof scan",
+        "copies step/scan",
+        "kernels",
+        "state B/p model/meas",
+        "peak MB",
+        "RSS MB",
+        "compile s",
+        "× adam compile",
     ]
+    cells = []
     for r in rows:
         if r.get("skipped"):
-            lines.append(f"| {r['name']} | skipped: {r['skipped']} |" + " |" * 16)
+            cells.append([r["name"], f"skipped: {r['skipped']}"] + [""] * 16)
             continue
         scan_body = r.get("hlo_scan_body") or {}
         rss = r.get("rss", {}).get("max_rss_mb", "")
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    r["name"],
-                    _fmt(r["step_ms"], 3),
-                    _fmt(r.get("step_wall_ms"), 3),
-                    _fmt(r.get("scan_ms"), 3),
-                    _fmt(_ratio(r["step_ms"], adam.get("step_ms"))),
-                    _fmt(_ratio(r.get("scan_ms"), adam.get("scan_ms"))),
-                    f"{r['model_bytes_per_param']:.0f}",
-                    f"{r['hlo_step']['bytes_moved'] / r['params']:.0f}",
-                    _fmt(r["step_gbps"], 1),
-                    f"{r['step_roofline']:.0%}",
-                    f"{r['scan_roofline']:.0%}" if "scan_roofline" in r else "",
-                    f"{r['hlo_step']['copies']}/{scan_body.get('copies', '')}",
-                    str(r["hlo_step"]["kernels"]),
-                    f"{r['state_bytes_per_param_model']:.0f}/{r['state_bytes_per_param']:.1f}",
-                    f"{r['peak_bytes'] / 1e6:.0f}",
-                    _fmt(rss, 0) if isinstance(rss, float) else str(rss),
-                    _fmt(r["compile_s"]),
-                    _fmt(_ratio(r["compile_s"], adam.get("compile_s"))),
-                ]
-            )
-            + " |"
+        cells.append(
+            [
+                r["name"],
+                _fmt(r["step_ms"], 3),
+                _fmt(r.get("step_wall_ms"), 3),
+                _fmt(r.get("scan_ms"), 3),
+                _fmt(_ratio(r["step_ms"], adam.get("step_ms"))),
+                _fmt(_ratio(r.get("scan_ms"), adam.get("scan_ms"))),
+                f"{r['model_bytes_per_param']:.0f}",
+                f"{r['hlo_step']['bytes_moved'] / r['params']:.0f}",
+                _fmt(r["step_gbps"], 1),
+                f"{r['step_roofline']:.0%}",
+                f"{r['scan_roofline']:.0%}" if "scan_roofline" in r else "",
+                f"{r['hlo_step']['copies']}/{scan_body.get('copies', '')}",
+                str(r["hlo_step"]["kernels"]),
+                f"{r['state_bytes_per_param_model']:.0f}/{r['state_bytes_per_param']:.1f}",
+                f"{r['peak_bytes'] / 1e6:.0f}",
+                _fmt(rss, 0) if isinstance(rss, float) else str(rss),
+                _fmt(r["compile_s"]),
+                _fmt(_ratio(r["compile_s"], adam.get("compile_s"))),
+            ]
         )
-    return lines
-
-
-def _separator(header: str) -> str:
-    return "|" + "---|" * (header.count("|") - 1)
+    title = f"## {_size_name(size)} parameters ({rows[0]['params']:,} float32)"
+    return ["", title, "", *table(headers, cells)]
 
 
 def _targets(records, sizes, roofline) -> list[str]:
@@ -214,7 +217,7 @@ def _targets(records, sizes, roofline) -> list[str]:
     if parts:
         lines.append("- The shipped defaults against `optax.adam`: " + "; ".join(parts))
     # 2. Linear in the order.
-    for schedule in ("simultaneous", "cascade"):
+    for schedule in lrr_optax.SCHEDULES:
         for size in sizes:
             named = _by_name(records, size)
             series = []

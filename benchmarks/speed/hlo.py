@@ -9,7 +9,7 @@ costs the slice (a ring slot; one element used to order kernels costs nothing), 
 fusion whose root updates a slice of an operand in place (a ring write) costs only the
 slice it writes. This is the traffic of the compiled program with XLA's
 own decisions (what it materialises, what it recomputes, what it copies), as opposed to
-the minimal traffic of the algorithm (the byte models in ``_speed_models``).
+the minimal traffic of the algorithm (the byte models in ``configs``).
 """
 
 from __future__ import annotations

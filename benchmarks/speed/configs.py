@@ -34,9 +34,6 @@ import optax
 
 import lrr_optax
 
-SCHEDULES = ("simultaneous", "cascade")
-RULES = ("additive", "normalized", "multiplicative", "log_normalized")
-GRANULARITIES = ("parameter", "tensor", "global")
 BASELINES = ("sgd", "adam", "prodigy", "mechanize")
 _READ_ONLY_STATE = ("params0", "x0")
 
@@ -99,7 +96,7 @@ def shipped_defaults() -> Config:
     }
     granularity = defaults["granularity"]
     if not isinstance(granularity, str):  # one per order: the finest sets the traffic
-        granularity = min(granularity, key=GRANULARITIES.index)
+        granularity = min(granularity, key=lrr_optax.GRANULARITIES.index)
     return Config(
         "lrr", len(defaults["rates"]), defaults["schedule"], defaults["rule"], granularity
     )

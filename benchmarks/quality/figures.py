@@ -9,13 +9,13 @@ import numpy as np
 
 from . import metrics
 
-MAIN = ("sgd", "adam", "sgd-hd", "adam-hd", "lrr (defaults)", "lrr_adam (defaults)")
+MAIN = ("sgd", "adam", "sgd-hd", "adam-hd", "lrr_sgd (defaults)", "lrr_adam (defaults)")
 STYLE = {
     "sgd": ("tab:gray", "--"),
     "adam": ("black", "--"),
     "sgd-hd": ("tab:olive", ":"),
     "adam-hd": ("tab:brown", ":"),
-    "lrr (defaults)": ("tab:blue", "-"),
+    "lrr_sgd (defaults)": ("tab:blue", "-"),
     "lrr_adam (defaults)": ("tab:red", "-"),
 }
 BAD_LR = 1e-5  # the "bad" initial learning rate of the curve and rate figures
@@ -72,7 +72,7 @@ def sensitivity(table, scores, path: Path, names=MAIN) -> None:
             ax.fill_between(
                 lrs, _clip(final.min(1), floor), _clip(final.max(1), floor), color=color, alpha=0.15
             )
-        free = [(n, r) for n, r in methods.items() if r["family"] == "lr-free"]
+        free = [(n, r) for n, r in methods.items() if r["lr_mode"] == "default"]
         for k, (name, r) in enumerate(free):
             final = _final(r)[0]
             color = f"C{k % 10}"
@@ -101,7 +101,7 @@ def variants(table, scores, path: Path) -> None:
     for ax, (problem, methods) in zip(axes, table.items()):
         floor = max(scores[problem]["best"] * 0.2, 1e-12)
         for k, (name, r) in enumerate(
-            n for n in methods.items() if n[1]["family"] in ("lrr", "default")
+            n for n in methods.items() if n[1]["family"] in ("lrr", "default", "variant")
         ):
             line = "-" if "adam" not in name else "--"
             ax.plot(
@@ -153,7 +153,7 @@ def curves(table, scores, path: Path, names=MAIN) -> None:
                 color, line = STYLE.get(name, (None, "-"))
                 ax.plot(r["eval_steps"], curve, line, color=color, label=name)
             for k, (name, r) in enumerate(
-                n for n in methods.items() if n[1]["family"] == "lr-free"
+                n for n in methods.items() if n[1]["lr_mode"] == "default"
             ):
                 ax.plot(
                     r["eval_steps"],
@@ -216,7 +216,7 @@ def all_figures(table, scores, directory: Path, prefix: str) -> list[Path]:
     curves(table, scores, paths["curves"])
     written = list(paths.values())
     for name, tag in (
-        ("lrr (defaults)", "sgd"),
+        ("lrr_sgd (defaults)", "sgd"),
         ("lrr_adam (defaults)", "adam"),
         ("lrr-adam m3", "adam_m3"),
     ):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-CACHE = Path(__file__).parent / ".cache"
+from .._common import enable_compilation_cache
+from . import methods as m
+
 QUANTILES = (0.1, 0.5, 0.9)  # of each order's rates over all their entries
 
 
@@ -25,11 +26,7 @@ def configure_jax(threads_per_process: int = 1) -> None:
     if "multi_thread_eigen" not in flags and threads_per_process == 1:
         flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     os.environ["XLA_FLAGS"] = flags.strip()
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(CACHE / "jax"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    enable_compilation_cache()
 
 
 def _eta_quantiles(state, max_order):
@@ -53,20 +50,21 @@ def build_program(problem, method, steps: int, n_evals: int, max_order: int = 4)
     import optax
 
     chunk = steps // n_evals
-    eval_params = method.eval_params or (lambda state, params: params)
+    eval_params = m.eval_params(method)
+    needs_value, records_rates = m.needs_value(method), m.records_rates(method)
 
     def one(hp, seed, data):
         key = jax.random.key(seed)
         params = problem.init(jax.random.fold_in(key, 0))
         batch_key = jax.random.fold_in(key, 1)
-        tx = method.make(hp)
+        tx = m.build(method, hp)
         state = tx.init(params)
 
         def step(carry, i):
             params, state = carry
             batch = problem.sample(data, jax.random.fold_in(batch_key, i))
             value, grads = jax.value_and_grad(problem.loss)(params, batch)
-            extra = {"value": value} if method.needs_value else {}
+            extra = {"value": value} if needs_value else {}
             updates, state = tx.update(grads, state, params, **extra)
             return (optax.apply_updates(params, updates), state), None
 
@@ -74,7 +72,7 @@ def build_program(problem, method, steps: int, n_evals: int, max_order: int = 4)
             carry, _ = jax.lax.scan(step, carry, c * chunk + jnp.arange(chunk))
             params, state = carry
             loss = problem.train_loss(data, eval_params(state, params))
-            etas = _eta_quantiles(state, max_order) if method.records_etas else jnp.zeros(())
+            etas = _eta_quantiles(state, max_order) if records_rates else jnp.zeros(())
             return carry, (loss, etas)
 
         initial = problem.train_loss(data, params)
@@ -95,21 +93,25 @@ def run_job(problem, method, *, steps: int, seeds: int, n_evals: int) -> dict[st
     n_evals = max(1, min(n_evals, steps))
     steps -= steps % n_evals  # whole blocks between evaluations
     program = build_program(problem, method, steps, n_evals)
-    grid = jnp.asarray(method.grid, jnp.float32)
-    out = program(grid, jnp.arange(seeds, dtype=jnp.int32), problem.data)
+    grid = method.grid()
+    out = program(jnp.asarray(grid, jnp.float32), jnp.arange(seeds, dtype=jnp.int32), problem.data)
     out = {k: np.asarray(v, np.float64) for k, v in out.items()}
     curve = out["curve"]  # (points, seeds, evals)
     return {
         "problem": problem.name,
         "method": method.name,
         "family": method.family,
-        "grid": method.grid.tolist(),
+        "direction": method.direction,
+        "order": method.order,
+        "lr_mode": method.lr,
+        "options": repr(method.options),
+        "grid": grid.tolist(),
         "eval_steps": [steps // n_evals * (c + 1) for c in range(n_evals)],
         "initial": out["initial"].tolist(),
         "final": curve[..., -1].tolist(),
         "curve": curve.tolist(),
         "test": out["test"].tolist(),
-        "etas": out["etas"].tolist() if method.records_etas else None,
+        "etas": out["etas"].tolist() if m.records_rates(method) else None,
         "seconds": time.time() - start,
     }
 
@@ -121,27 +123,15 @@ def _worker(core: int | None, jobs, results, options) -> None:
     if core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
     configure_jax()
-    from . import suite
+    import traceback
 
-    problems = {}
     parent = os.getppid()
     while (job := _next_job(jobs, parent)) is not None:
-        problem_name, method_name = job
+        problem_name, method = job
         try:
-            if problem_name not in problems:
-                problems[problem_name] = suite.build_problem(problem_name)
-            problem = problems[problem_name]
-            method = suite.find_method(method_name, options)
-            steps = problem.full_steps if options["full"] else problem.steps
-            steps = options.get("steps") or steps
-            result = run_job(
-                problem, method, steps=steps, seeds=options["seeds"], n_evals=options["n_evals"]
-            )
-            results.put(("ok", job, result))
-        except Exception as error:  # report, keep serving the other jobs
-            import traceback
-
-            results.put(("error", job, traceback.format_exc() + str(error)))
+            results.put(("ok", (problem_name, method.name), _run(problem_name, method, options)))
+        except Exception:  # report, keep serving the other jobs
+            results.put(("error", (problem_name, method.name), traceback.format_exc()))
 
 
 def _next_job(jobs, parent: int):
@@ -156,8 +146,37 @@ def _next_job(jobs, parent: int):
     return None
 
 
-def run_parallel(jobs: list[tuple[str, str]], options: dict, workers: int, progress=None):
-    """Run ``jobs`` on ``workers`` spawned processes, each pinned to its own core."""
+def _run(problem_name: str, method, options: dict) -> dict[str, Any]:
+    from . import suite
+
+    problem = suite.build_problem(problem_name)  # built once per process
+    steps = options.get("steps") or (problem.full_steps if options["full"] else problem.steps)
+    return run_job(problem, method, steps=steps, seeds=options["seeds"], n_evals=options["n_evals"])
+
+
+def run_serial(jobs: list[tuple[str, m.Method]], options: dict, progress=None):
+    """Run ``jobs`` in this process, with jax as it is configured here (for tests)."""
+    import traceback
+
+    results, errors = [], []
+    for problem_name, method in jobs:
+        job = (problem_name, method.name)
+        try:
+            results.append(_run(problem_name, method, options))
+            status = "ok"
+        except Exception:  # report, run the other jobs
+            errors.append((job, traceback.format_exc()))
+            status = "error"
+        if progress is not None:
+            progress(job, status)
+    return results, errors
+
+
+def run_parallel(jobs: list[tuple[str, m.Method]], options: dict, workers: int, progress=None):
+    """Run ``jobs`` on ``workers`` spawned processes, each pinned to its own core (in this
+    process when ``workers`` is 0)."""
+    if workers == 0:
+        return run_serial(jobs, options, progress)
     import multiprocessing as mp
 
     context = mp.get_context("spawn")

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _speed_hlo as hlo
-from . import _speed_models as models
+from . import configs as models
+from . import hlo
 
 
 def gradients(size: int):

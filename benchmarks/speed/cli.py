@@ -16,37 +16,39 @@ granularity, beside ``optax.sgd``, ``optax.adam``, ``optax.contrib.prodigy`` and
   ``lax.scan``, timed as the difference of two loop lengths): the median CPU time of
   the process on a CPU backend, which other processes sharing the core do not inflate
   (the median wall time is recorded too), wall time elsewhere;
-* the bytes-per-parameter model of the step (``_speed_models``: what a step that reads
+* the bytes-per-parameter model of the step (``configs``: what a step that reads
   and writes each buffer once moves) and the GB/s that makes, against the copy
   bandwidth measured in the same run at the same size (the roofline);
-* what the compiled step really does (``_speed_hlo``, from the optimized HLO):
+* what the compiled step really does (``hlo``, from the optimized HLO):
   kernels, copies, estimated bytes moved;
 * state bytes per parameter, model and measured; the peak memory of the step
   (``compiled.memory_analysis()``: arguments + outputs − aliased + temporaries) and, for
   the sizes in ``--rss-sizes``, the peak RSS (VmHWM) of a fresh process running it;
 * the compile time of the step (``lower`` + ``compile``, persistent cache off).
 
-Results go to ``benchmarks/results/speed.md`` and ``speed.json`` with the exact command,
-date, machine and load. The process pins itself to one core (``--cpu``) so that XLA's
+The report goes to ``benchmarks/results/speed.md`` with the exact command, date, machine and
+load; the raw measurements to ``benchmarks/.cache/raw/speed.json`` (``--render`` rewrites the
+report from them). The process pins itself to one core (``--cpu``) so that XLA's
 thread pool does not fight other work for the second one.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
 import platform
 import resource
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+import lrr_optax
+
+from .. import _common
+
 SUFFIXES = {"K": 1_000, "M": 1_000_000, "G": 1_000_000_000}
 
 
@@ -81,15 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sizes", default="1M,10M,50M", help="parameter counts, e.g. 1M,10M")
     parser.add_argument("--orders", default="0-6", help="orders, e.g. 0-3 or 0,1,3,6")
-    parser.add_argument("--schedules", default="simultaneous,cascade")
-    parser.add_argument("--rules", default="additive,normalized,multiplicative,log_normalized")
-    parser.add_argument("--granularities", default="parameter,tensor,global")
+    parser.add_argument("--schedules", default=",".join(lrr_optax.SCHEDULES))
+    parser.add_argument("--rules", default=",".join(lrr_optax.RULES))
+    parser.add_argument("--granularities", default=",".join(lrr_optax.GRANULARITIES))
     parser.add_argument("--baselines", default="sgd,adam,prodigy,mechanize")
     parser.add_argument(
         "--grid",
         choices=("default", "full"),
         default="default",
-        help="full: every combination at every size; default: see _speed_models.plan",
+        help="full: every combination at every size; default: see configs.plan",
     )
     parser.add_argument(
         "--quick",
@@ -120,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
         help="skip a configuration whose step needs more memory than this (memory_analysis)",
     )
     parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for NAME.md and NAME.json")
+    parser.add_argument("--out", default=str(_common.RESULTS), help="folder for NAME.md")
+    parser.add_argument("--raw", default=str(_common.RAW), help="folder for NAME.json (raw)")
     parser.add_argument("--name", default="speed", help="file name stem of the results")
     parser.add_argument("--hlo-dir", default="", help="also write each optimized HLO there")
     parser.add_argument(
@@ -156,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    jax.config.update("jax_compilation_cache_dir", str(Path(__file__).parent / ".cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    from . import _speed_models as models
-    from . import _speed_run as run
+    # The compile times are measured with the persistent cache off (measure.py).
+    _common.enable_compilation_cache(0.0)
+    from . import configs as models
+    from . import measure as run
 
     sizes = [_size(s) for s in _list(args.sizes)]
     pairs = models.plan(
@@ -172,24 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         args.grid,
     )
     rss_sizes = {_size(s) for s in _list(args.rss_sizes)}
-    command = "python -m benchmarks.speed" + "".join(" " + shlex.quote(a) for a in argv)
-    meta = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine,
+    meta = _common.run_meta("python -m benchmarks.speed", argv) | {
+        "cpu": machine,
         "pinning": pinning,
         "xla_flags": os.environ["XLA_FLAGS"],
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
-        "python": sys.version.split()[0],
-        "load_start": os.getloadavg(),
         "configurations": len(pairs),
     }
-    import optax
-
-    meta["optax"] = optax.__version__
-    print(f"{command}\n{meta['machine']['lscpu_model']}, {pinning}, jax {jax.__version__}")
+    command = meta["command"]
+    print(f"{command}\n{machine['lscpu_model']}, {pinning}, jax {jax.__version__}")
     print(f"{len(pairs)} configurations, load {meta['load_start']}", flush=True)
     start = time.perf_counter()
     roofline = {}
@@ -219,24 +213,26 @@ def main(argv: list[str] | None = None) -> int:
         records.append(record)
         print(run.line(record), flush=True)
     meta["wall_s"] = round(time.perf_counter() - start, 1)
-    meta["load_end"] = os.getloadavg()
-    out = Path(args.out)
+    meta["load_end"] = _common.load_average()
+    out, raw = Path(args.out), Path(args.raw)
     out.mkdir(parents=True, exist_ok=True)
+    raw.mkdir(parents=True, exist_ok=True)
     data = {
         "meta": meta,
         "roofline": {str(k): v for k, v in roofline.items()},
         "results": records,
     }
-    (out / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
-    return _render(out / f"{args.name}.json", out, args.name)
+    (raw / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    return _render(raw / f"{args.name}.json", out, args.name)
 
 
 def _render(results: Path, out: Path, name: str) -> int:
-    from . import _speed_report
+    from . import report
 
     data = json.loads(results.read_text())
+    out.mkdir(parents=True, exist_ok=True)
     gpu = out / "speed_gpu.md"
-    markdown = _speed_report.markdown(data, gpu.name if gpu.exists() else None)
+    markdown = report.markdown(data, gpu.name if gpu.exists() else None)
     (out / f"{name}.md").write_text(markdown)
     print(markdown)
     print(f"wrote {out / name}.md ({data['meta'].get('wall_s', '?')} s of measurements)")
@@ -293,8 +289,8 @@ def _rss(config, size: int, argv: list[str]) -> dict:
 def _child(args) -> int:
     import jax
 
-    from . import _speed_models as models
-    from . import _speed_run as run
+    from . import configs as models
+    from . import measure as run
 
     spec = json.loads(args.child)
     fields = {k: v for k, v in spec["config"].items() if k != "name"}

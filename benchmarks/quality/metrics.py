@@ -48,8 +48,13 @@ def first_step_below(curve: np.ndarray, steps: list[int], target: float) -> int 
     return int(steps[below[0]]) if below.size else None
 
 
-def _direction_of(name: str) -> str:
-    return "adam" if "adam" in name else "sgd"
+def late_max(curve: np.ndarray) -> np.ndarray:
+    """The largest loss after each run's best point (the best itself when it comes last):
+    a late spike. ``curve``: (..., evals); non-finite losses count as +inf."""
+    curve = np.where(np.isfinite(curve), curve, np.inf)
+    best = np.argmin(curve, axis=-1)[..., None]
+    after = np.arange(curve.shape[-1]) >= best
+    return np.max(np.where(after, curve, -np.inf), axis=-1)
 
 
 def score_problem(methods: dict[str, dict]) -> dict[str, Any]:
@@ -66,22 +71,41 @@ def score_problem(methods: dict[str, dict]) -> dict[str, Any]:
         final = np.asarray(result["final"], float)
         initial = np.asarray(result["initial"], float)
         diverged = ~np.isfinite(final) | (final > DIVERGED * initial)
-        curve = np.median(np.asarray(result["curve"], float)[i], axis=0)
+        curves = np.asarray(result["curve"], float)
+        curve = np.median(curves[i], axis=0)
+        late = np.median(late_max(curves), axis=1)
         test = np.asarray(result["test"], float)
+        # The worst initial rate of the goal's range: a swept method's weakest use case.
+        in_goal = (lrs >= GOAL_RANGE[0] * 0.999) & (lrs <= GOAL_RANGE[1] * 1.001)
+        swept = result["lr_mode"] == "swept" and bool(in_goal.any())
+        worst = int(np.argmax(np.where(in_goal, med, -np.inf))) if swept else i
         row = {
             "family": result["family"],
-            "best_lr": float(lrs[i]) if result["family"] not in ("lr-free",) else None,
+            "lr_mode": result["lr_mode"],
+            "best_lr": float(lrs[i]) if result["lr_mode"] != "default" else None,
             "final": float(med[i]),
+            "late_max": float(late[i]),
+            "worst_lr": float(lrs[worst]) if swept else None,
+            "worst_final": float(med[worst]) if swept else None,
+            "worst_late_max": float(late[worst]) if swept else None,
+            "by_lr": {
+                "log10_lr": np.round(np.log10(lrs), 2).tolist(),
+                "final": med.tolist(),
+                "late_max": late.tolist(),
+            }
+            if result["lr_mode"] != "default"
+            else None,
             "test": float(np.median(test[i])) if np.isfinite(test[i]).any() else None,
-            "width": width(med, lrs, best) if result["family"] != "lr-free" else None,
+            "width": width(med, lrs, best) if result["lr_mode"] != "default" else None,
             "steps_to_adam": first_step_below(curve, result["eval_steps"], 1.5 * adam_best),
             "diverged": int(diverged.sum()),
             "runs": int(diverged.size),
         }
-        if result["family"] == "lr-free":
+        if result["lr_mode"] == "default":
             row["at_default"] = float(med[0])
         else:
-            default = DEFAULT_LR[_direction_of(name)]
+            # An LR-free optimizer's sweep is over multiples of its default rate.
+            default = 1.0 if result["family"] == "lr-free" else DEFAULT_LR[result["direction"]]
             j = int(np.argmin(np.abs(np.log10(lrs) - math.log10(default))))
             row["at_default"] = float(med[j])
         for key, (lo, hi) in (("worst_in_range", GOAL_RANGE), ("worst_in_low", LOW_RANGE)):
@@ -97,8 +121,8 @@ def order_study(methods: dict[str, dict]) -> dict[str, dict[str, list[float]]]:
     number per initial learning rate the study starts from."""
     study = {n: r for n, r in methods.items() if r["family"] == "order"}
     out: dict[str, dict[str, list[float]]] = defaultdict(dict)
-    for direction in sorted({n.split()[2] for n in study}):
-        runs = {n.split()[1]: r for n, r in study.items() if n.split()[2] == direction}
+    for direction in sorted({r["direction"] for r in study.values()}):
+        runs = {f"m{r['order']}": r for r in study.values() if r["direction"] == direction}
         best = min(float(np.min(medians(r))) for r in runs.values())
         for order, result in sorted(runs.items()):
             grid = np.asarray(result["grid"], float)
@@ -117,7 +141,7 @@ def goal(scores: dict[str, Any], name: str) -> dict[str, Any]:
     if row is None or row["worst_in_range"] is None:
         return {}
     worst, low = row["worst_in_range"], row["worst_in_low"]
-    free = [r["final"] for r in scores["methods"].values() if r["family"] == "lr-free"]
+    free = [r["final"] for r in scores["methods"].values() if r["lr_mode"] == "default"]
     return {
         "worst_over_adam": worst / scores["adam_best"],
         "met": worst <= WITHIN * scores["adam_best"],

@@ -1,0 +1,149 @@
+"""The quality benchmark: ``python -m benchmarks`` (quick), ``--full``, or ``--demo``.
+
+Trains every method on every problem over a grid of initial learning rates and seeds.
+Writes to ``benchmarks/results/``: a markdown report (``quick.md`` / ``full.md``), a compact
+summary of its scores (``.json``) and PNG figures; the raw results (every loss curve) go to
+``benchmarks/.cache/raw/``. ``--problem NAME`` runs one problem (about two minutes) and
+writes ``NAME_quick.*``. ``--demo`` (1-2 minutes) prints the headline table: lrr_adam at
+its defaults from initial learning rates 1e-6 … 1 against grid-tuned Adam and Prodigy.
+``--variant name:key=value,...`` adds an lrr method (values are Python literals, e.g.
+``--variant 'no warmup:warmup=0'`` or ``--variant 'top 0.1:rates=(0.3,0.1),direction=sgd'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .. import _common
+
+DEMO_PROBLEMS = ("digits", "diabetes")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--full", action="store_true", help="all problems, longer budgets")
+    parser.add_argument("--demo", action="store_true", help="the headline table, 2 problems")
+    parser.add_argument("--problem", action="append", help="run only this problem (repeatable)")
+    parser.add_argument(
+        "--methods", action="append", help="run only methods whose name starts with this"
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="extra lrr method (repeatable); direction=sgd|adam (default adam) picks the alias",
+    )
+    parser.add_argument("--lrr", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", type=int, help="seeds (default 2, or 5 with --full)")
+    parser.add_argument("--steps", type=int, help="override every problem's step budget")
+    parser.add_argument("--evals", type=int, default=20, help="points on each loss curve")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="worker processes, one per core (0: in this process)"
+    )
+    parser.add_argument("--out", help="name of the results files (default: by mode)")
+    parser.add_argument(
+        "--results", default=str(_common.RESULTS), help="folder of the committed results"
+    )
+    parser.add_argument("--raw", default=str(_common.RAW), help="folder of the raw results")
+    parser.add_argument("--no-plots", action="store_true")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from pathlib import Path
+
+    from . import methods, report, runner, suite
+
+    # Parsed here, so that a typo fails before any worker starts.
+    variants = [methods.parse_variant(spec) for spec in args.variant + args.lrr]
+    options = {
+        "full": args.full,
+        "seeds": args.seeds or (5 if args.full else 2),
+        "steps": args.steps,
+        "n_evals": args.evals,
+        "problems": tuple(args.problem or (DEMO_PROBLEMS if args.demo else ())),
+    }
+    if args.demo:
+        mode = "demo"
+        jobs = _demo_jobs(options, variants)
+    else:
+        mode = "full" if args.full else "quick"
+        options["methods"] = tuple(args.methods or ())
+        options["variants"] = tuple(args.variant + args.lrr)
+        jobs = suite.jobs(options)
+    name = args.out or (
+        "_".join(options["problems"]) + f"_{mode}" if args.problem and not args.demo else mode
+    )
+    meta = _common.run_meta("python -m benchmarks", argv)
+    # Datasets are built (and cached) once here, not raced for by the workers.
+    names = suite.problem_names(options)
+    roles = {problem: suite.build_problem(problem).role for problem in names}
+
+    from tqdm import tqdm
+
+    start = time.time()
+    with tqdm(total=len(jobs), desc=f"{mode} jobs", unit="job", file=sys.stderr) as bar:
+
+        def progress(job, status):
+            bar.set_postfix_str(f"{job[0]}: {job[1]}" + ("" if status == "ok" else " FAILED"))
+            bar.update()
+
+        results, errors = runner.run_parallel(jobs, options, args.workers, progress)
+    for job, message in errors:
+        print(f"\n{job} failed:\n{message}", file=sys.stderr)
+    meta["wall_s"] = round(time.time() - start, 1)
+    meta["load_end"] = _common.load_average()
+    meta["options"] = {
+        k: v for k, v in options.items() if v not in (None, (), []) and k != "variants"
+    }
+    meta["variants"] = {m.name: {"direction": m.direction, **m.options} for m in variants}
+
+    scores = report.score(results, roles)
+    results_dir, raw_dir = Path(args.results), Path(args.raw)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    written = [_common.write_json(raw_dir / f"{name}.json", {"meta": meta, "results": results})]
+    written.append(_common.write_json(results_dir / f"{name}.json", report.summary(meta, scores)))
+    if args.demo:
+        swept = ["lrr_adam (defaults)", *(m.name for m in variants)]
+        text = report.headline(scores, methods.DEMO_LRS, swept, ["prodigy"])
+        note = _DEMO_NOTE.format(seeds=options["seeds"])
+        markdown = _common.header("Demo: lrr_adam at its defaults", meta) + "\n" + note
+        markdown += "\n" + text + "\n"
+        print(text)
+    else:
+        markdown = report.markdown(scores, _common.header("Benchmark results", meta))
+        print(markdown.split("\n### Final")[0])
+    (results_dir / f"{name}.md").write_text(markdown)
+    written.append(results_dir / f"{name}.md")
+    if not args.no_plots and not args.demo:
+        written += report.plots(results, scores, results_dir, name)
+    print(f"wall time {meta['wall_s']:.0f} s; wrote " + ", ".join(str(p) for p in written))
+    return 1 if errors else 0
+
+
+_DEMO_NOTE = (
+    "Seed-median final train loss ({seeds} seeds) and its ratio to grid-tuned Adam's best "
+    "(`optax.adam`, initial rates 1e-6 … 10 by decades), from each initial learning rate; "
+    "Prodigy (`optax.contrib.prodigy`) at its defaults. ↑: the largest loss after the best "
+    "point, shown when above 1.5x the final loss.\n"
+)
+
+
+def _demo_jobs(options: dict, variants: list) -> list:
+    from . import methods as m
+
+    chosen = [
+        m.Method("adam", "optax", "adam", lr="tuned", lrs=m.QUICK_LRS),
+        m.Method("lrr_adam (defaults)", "default", "adam", lrs=m.DEMO_LRS),
+        m.Method("prodigy", "lr-free", lr="default", contrib="prodigy"),
+        *(m.with_lrs(variants, m.DEMO_LRS)),
+    ]
+    return [(problem, method) for problem in options["problems"] for method in chosen]

@@ -1,0 +1,281 @@
+r"""One step of the learning-rate-rates transformation, as named phases.
+
+One step n, with g_n the incoming gradient, d_n = D(g_n) the direction, s_n the envelope
+(a schedule the learned rate multiplies, times the safe start's ramp) and γ the horizon:
+
+.. math::
+
+   u_n &= s_{n-1} d_{n-1} + \gamma\, u_{n-1}, \qquad
+   h^{(0)}_n = -\operatorname{reduce}_0(g_n \odot u_n), \\
+   h^{(j)}_n &= \operatorname{reduce}_j\big(h^{(j-1)}_n \odot \alpha^{(j-1)}_{n-L_j}\big),
+   \qquad j = 1 \dots m-1, \\
+   \eta^{(j)} &\leftarrow R_j(\eta^{(j)}, \eta^{(j+1)}, h^{(j)}), \qquad
+   \alpha^{(j)} = \partial R_j / \partial \eta^{(j+1)}, \\
+   \text{update}_n &= -s_n\, \eta^{(0)} \odot d_n .
+
+The step below runs these as named phases: direction, hypergradients, rates, rings, descent.
+``docs/math.md`` derives them and defines what "exact" means for each option.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from . import _granularity as gr
+from . import _rules, _state
+from ._dtypes import promote
+from ._options import Config
+from ._state import Hypergradients, LearningRateRatesState
+
+# The debug hook's seam: each update function built here, mapped to the step that also
+# returns the hypergradients.
+_STEPS: weakref.WeakKeyDictionary[Callable, Callable] = weakref.WeakKeyDictionary()
+
+
+def _zero_nonfinite(x):
+    # Products of many gradients overflow; an inf or NaN must never enter the state.
+    return jnp.where(jnp.isfinite(x), x, jnp.zeros_like(x))
+
+
+def _usable_gradient(g):
+    # An element whose square overflows would turn a second-moment statistic (Adam's ν) inf
+    # and stop its parameter for ever: it is treated like a non-finite one.
+    return jnp.where(jnp.isfinite(g * g), g, jnp.zeros_like(g))
+
+
+def _keep_finite(new, old):
+    if not jnp.issubdtype(jnp.asarray(new).dtype, jnp.inexact):
+        return new
+    return jnp.where(jnp.isfinite(new), new, old)
+
+
+def _value_at(value, count):
+    return value(count) if callable(value) else value
+
+
+def _envelope(config: Config, count) -> jax.Array | float:
+    """s_n: the user's schedule times the safe start's geometric ramp."""
+    scale = _value_at(config.envelope, count) if config.envelope is not None else 1.0
+    if isinstance(config.warmup, int) and config.warmup == 0:
+        return scale
+    steps = jnp.asarray(config.warmup)
+    start = jnp.asarray(config.warmup_start, jnp.float32)
+    # ``count`` wraps (never below the warm-up) and saturating arithmetic is not needed.
+    progress = 1 - count.astype(jnp.float32) / jnp.maximum(steps, 1).astype(jnp.float32)
+    ramp = jnp.where(count < steps, start ** jnp.maximum(progress, 0.0), 1.0)
+    return scale * ramp
+
+
+def _next_count(count, period: int):
+    if period == 0:
+        return optax.safe_increment(count)
+    # Past the largest int32 step back by ``period``, a multiple of every ring size: the
+    # rings keep their slot order and the count stays past every warm-up.
+    limit = jnp.iinfo(jnp.int32).max
+    return jnp.where(count == limit, count - (period - 1), count + 1)
+
+
+def _ring_read(ring, count, size: int):
+    if size == 1:
+        return ring[0]
+    return jax.lax.dynamic_index_in_dim(ring, count % size, axis=0, keepdims=False)
+
+
+def _ring_write(ring, value, count, size: int):
+    if size == 1:
+        return value[None]
+    return jax.lax.dynamic_update_index_in_dim(ring, value, count % size, axis=0)
+
+
+def _after(x, dependency):
+    """``x``, computed after ``dependency`` (finite, broadcastable), which XLA must keep.
+
+    u_n overwrites u_{n−1} in place (donated state, ``lax.scan`` carry) only once every
+    kernel that reads u_{n−1} has run; XLA:CPU copies the buffer otherwise, and drops
+    optimisation barriers before ordering kernels. Reading the new η⁽⁰⁾ orders the write
+    by data. The rates are finite by construction, so ``x`` passes unchanged.
+    """
+    return jnp.where(jnp.isnan(dependency), jnp.zeros_like(x), x)
+
+
+def _unzip3(tree_of_triples, like):
+    """Split a tree whose leaves became 3-tuples into three trees shaped like ``like``."""
+    treedef = jax.tree.structure(like)
+    leaves = treedef.flatten_up_to(tree_of_triples)
+    return tuple(treedef.unflatten([leaf[i] for leaf in leaves]) for i in range(3))
+
+
+def _direction(config: Config, grads, state: LearningRateRatesState, params, extra):
+    if config.direction is None:
+        return grads, state.direction_state
+    directions, direction_state = config.direction.update(
+        grads, state.direction_state, params, **extra
+    )
+    # Whatever still overflows inside the direction's own statistics keeps its old value.
+    direction_state = jax.tree.map(_keep_finite, direction_state, state.direction_state)
+    return directions, direction_state
+
+
+def _hypergradients(config: Config, grads, state: LearningRateRatesState) -> list:
+    """h⁽⁰⁾ … h⁽ᵐ⁻¹⁾ of this step: the derivative of its loss with respect to each rate."""
+
+    def h0(g, u, eta):
+        dtype = eta.dtype
+        if jnp.iscomplexobj(u):
+            # −Re(ḡ·u): the rates are real, complex parameters move in both parts.
+            wide = promote(dtype, jnp.complex64)
+            return -jnp.real(jnp.conj(g.astype(wide)) * u.astype(wide)).astype(dtype)
+        return -(g.astype(dtype) * u.astype(dtype))
+
+    like = gr.expand(state.etas[0], config.granularities[0], "parameter", grads)
+    raw = jax.tree.map(h0, grads, state.prev_direction, like)
+    hypergradients = [_reduce(raw, "parameter", config.granularities[0], state.etas[0])]
+    for j in range(1, config.order):
+        size = config.ring_sizes[j - 1]
+        alpha_old = jax.tree.map(
+            lambda ring, s=size: _ring_read(ring, state.count, s), state.alphas[j - 1]
+        )
+        chained = jax.tree.map(jnp.multiply, hypergradients[j - 1], alpha_old)
+        granularities = config.granularities[j - 1 : j + 1]
+        hypergradients.append(_reduce(chained, *granularities, state.etas[j]))
+    return hypergradients
+
+
+def _reduce(tree, source, target, like_eta):
+    dtype = like_eta.dtype if target == "global" else None
+    return jax.tree.map(_zero_nonfinite, gr.reduce(tree, source, target, dtype))
+
+
+def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tuple:
+    """The new η⁽ʲ⁾, α⁽ʲ⁾ and normaliser moments, top order first."""
+    count = state.count
+    etas: list[Any] = [None] * config.order
+    alphas: list[Any] = [None] * config.order
+    moments: list[Any] = [None] * config.order
+    for j in reversed(range(config.order)):
+        if j == config.order - 1:
+            above, above_granularity = _value_at(config.top, count), "global"
+        elif config.schedule == "cascade":
+            above, above_granularity = etas[j + 1], config.granularities[j + 1]
+        else:
+            above, above_granularity = state.etas[j + 1], config.granularities[j + 1]
+        granularity = config.granularities[j]
+        above = gr.expand(above, above_granularity, granularity, state.etas[j])
+        # Written so that a wrapped count cannot overflow.
+        active_steps = jnp.maximum(count - (config.first_active_step(j) - 1), 1)
+        rule = config.rules[j]
+        moment = state.second_moments[j] if config.normalized else None
+
+        def leaf_rule(eta, rate, h, v, rule=rule, active_steps=active_steps):
+            return _rules.apply(rule, eta, rate, h, v, active_steps)
+
+        if moment is None:
+            out = jax.tree.map(
+                lambda e, r, h, f=leaf_rule: f(e, r, h, None),
+                state.etas[j],
+                above,
+                hypergradients[j],
+            )
+        else:
+            out = jax.tree.map(leaf_rule, state.etas[j], above, hypergradients[j], moment)
+        etas[j], alphas[j], moments[j] = _unzip3(out, state.etas[j])
+    return etas, alphas, moments
+
+
+def _rings(config: Config, state: LearningRateRatesState, alphas) -> tuple:
+    """Each ring's slot ``count mod L_j`` takes this step's α⁽ʲ⁻¹⁾."""
+    return tuple(
+        jax.tree.map(
+            lambda ring, alpha, s=size: _ring_write(ring, alpha, state.count, s),
+            state.alphas[j - 1],
+            alphas[j - 1],
+        )
+        for j, size in zip(range(1, config.order), config.ring_sizes, strict=True)
+    )
+
+
+def _descent(config: Config, eta0_tree, directions, updates, state: LearningRateRatesState):
+    """The update −s_n·η⁽⁰⁾ ⊙ d_n and the trace u_{n+1} the next hypergradient reads."""
+    scale = _envelope(config, state.count)
+    eta0 = gr.expand(eta0_tree, config.granularities[0], "parameter", updates)
+
+    def step(e, d, u):
+        dtype = promote(e.dtype, d.dtype)
+        rate = jnp.asarray(scale).astype(e.dtype) * e
+        return (-(rate.astype(dtype) * d.astype(dtype))).astype(u.dtype)
+
+    def trace(d, u_prev, e):
+        # Other directions than the gradient may still overflow.
+        d = _zero_nonfinite(d) if config.direction is not None else d
+        applied = jnp.asarray(scale).astype(e.dtype).astype(u_prev.dtype) * d.astype(u_prev.dtype)
+        if not (isinstance(config.horizon, float | int) and config.horizon == 0):
+            applied = (
+                applied + jnp.asarray(config.horizon).astype(e.dtype).astype(u_prev.dtype) * u_prev
+            )
+        return _after(applied, e)
+
+    new_updates = jax.tree.map(step, eta0, directions, updates)
+    prev_direction = jax.tree.map(trace, directions, state.prev_direction, eta0)
+    return new_updates, prev_direction
+
+
+def _step(config: Config, updates, state, params=None, **extra_args):
+    """One update, also returning the step's hypergradients (the debug hook)."""
+    _state.check(config, state, updates)
+    count = state.count
+    grads = jax.tree.map(_usable_gradient, updates)
+    directions, direction_state = _direction(config, grads, state, params, extra_args)
+
+    if config.order == 0:
+        rate = _value_at(config.top, count)
+        new_updates = jax.tree.map(
+            lambda d, u: (-(jnp.asarray(rate).astype(d.dtype) * d)).astype(u.dtype),
+            directions,
+            updates,
+        )
+        new_state = state._replace(
+            count=optax.safe_increment(count), direction_state=direction_state
+        )
+        return new_updates, new_state, Hypergradients((), ())
+
+    hypergradients = _hypergradients(config, grads, state)
+    etas, alphas, moments = _rates(config, state, hypergradients)
+    rings = _rings(config, state, alphas)
+    new_updates, prev_direction = _descent(config, etas[0], directions, updates, state)
+    new_state = LearningRateRatesState(
+        count=_next_count(count, config.period),
+        etas=tuple(etas),
+        alphas=rings,
+        second_moments=tuple(moments) if config.normalized else (),
+        direction_state=direction_state,
+        prev_direction=prev_direction,
+    )
+    return new_updates, new_state, Hypergradients(tuple(hypergradients), tuple(alphas))
+
+
+def transformation(config: Config) -> optax.GradientTransformationExtraArgs:
+    """The optax transformation of a config; its step is registered for the debug hook."""
+
+    def init(params) -> LearningRateRatesState:
+        return _state.init(config, params)
+
+    def step(updates, state, params=None, **extra_args):
+        return _step(config, updates, state, params, **extra_args)
+
+    def update(updates, state, params=None, **extra_args):
+        new_updates, new_state, _ = _step(config, updates, state, params, **extra_args)
+        return new_updates, new_state
+
+    _STEPS[update] = step
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def step_with_hypergradients(tx: optax.GradientTransformation) -> Callable | None:
+    """The step of a transformation built by :func:`transformation`, else ``None``."""
+    return _STEPS.get(tx.update)
