@@ -372,4 +372,6 @@ def launch(out: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 if __name__ == "__main__":
-    (run_flax if sys.argv[2:] == ["flax"] else run)(sys.argv[1])
+    # One process for every many-device run: starting one costs more than most of them.
+    run(sys.argv[1])
+    run_flax(sys.argv[1])

@@ -1,143 +1,273 @@
-"""The autodiff oracle of the design page, section 5, written independently of the library.
+"""The autodiff oracle of ``docs/math.md``, written independently of the library.
 
-The reference below unrolls the recursion step by step in plain JAX with its own control
-flow (schedules, lags, reductions). It shares only the rules' update formulas R with the
-library; their partials α and the chain that multiplies them are what is under test, and
-``jax.grad`` supplies the truth.
+Everything here is written from the math, in NumPy, not from lrr_optax: the rules and
+their partials α, the normaliser and its debiasing, clipping and bounds, the schedules,
+lags and reductions, and Adam's direction. The library is compared with it on the
+trajectory of the rates; the true hypergradients come from differentiating the unrolled
+training by the complex step, which needs no compiler and no derivative formula.
+
+The rules, per order j with ρ the rate above and h the raw hypergradient, elementwise:
+
+* signal ``u = η·h`` for the log-space rules, else ``u = h``;
+* normalised rules: ``v ← β v + (1−β) u²``, ``v̂ = v / (1 − β^k)`` with ``k ≥ 1`` the steps
+  the order's hypergradient has existed, ``s = u / (√v̂ + ε)`` (0 where ``v̂ = 0``);
+  other rules ``s = u``;
+* optional clip ``s ← clip(s, −c, c)``;
+* additive family ``R = η − ρ s``, ``α = −s``; log family ``R = η exp(−ρ s)``, ``α = −R s``;
+* bounds: ``R`` clamped and ``α = 0`` where clamped; a non-finite ``R`` keeps η, ``α = 0``.
+
+The exactness definition: unroll N steps, add δ to η⁽ʲ⁾ right after its own update at
+step t (N−1−j simultaneous, N−1 cascade), hold the gradients, directions, hypergradients,
+cached α and the normaliser's statistics constant; then ∂J(θ_N)/∂δ = h⁽ʲ⁾_N.
+
+The complex step: δ = i·τ with a tiny τ makes every quantity downstream of δ complex, and
+``Im(J)/τ`` is the derivative to rounding, with no cancellation. Held quantities are
+computed from real parts; the non-analytic operations (clip, clamp, comparisons) act on
+real parts, which is how their derivative is defined almost everywhere. One batch row per
+entry of δ gives every partial derivative in one vectorised run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import jax
-import jax.numpy as jnp
-import optax
+import numpy as np
 
-from lrr_optax import _rules
-
-sg = jax.lax.stop_gradient
-
-
-def reduce_to(tree, granularity):
-    """Sum a parameter-shaped tree onto a rate of the given granularity."""
-    if granularity == "parameter":
-        return tree
-    if granularity == "tensor":
-        return jax.tree.map(jnp.sum, tree)
-    return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(tree))
+LOG_RULES = ("multiplicative", "log_normalized")
+NORMALIZED_RULES = ("normalized", "log_normalized")
+TAU = 1e-20  # the complex step
 
 
-def broadcast_from(rate, granularity, params):
-    """A rate of any granularity as a parameter-shaped tree."""
-    if granularity == "global":
-        return jax.tree.map(lambda p: jnp.broadcast_to(rate, p.shape), params)
-    return jax.tree.map(lambda r, p: jnp.broadcast_to(r, p.shape), rate, params)
+class Rule(NamedTuple):
+    """One order's rule, as the test configures it."""
+
+    rule: str
+    clip: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    decay: float = 0.99
+    eps: float = 1e-30
 
 
-def init_rate(params, granularity, value):
-    if granularity == "parameter":
-        return jax.tree.map(lambda p: jnp.full(p.shape, value, p.dtype), params)
-    if granularity == "tensor":
-        return jax.tree.map(lambda p: jnp.asarray(value, p.dtype), params)
-    return jnp.asarray(value, jax.tree.leaves(params)[0].dtype)
+def rule_step(spec: Rule, eta, rho, h, v, k: int):
+    """``(R, α, v)`` of one rule step: η, ρ may be complex; h, v are real; ``k ≥ 1``.
+
+    The normaliser's new statistic enters ``s`` through its real part: it is held.
+    """
+    u = eta * h if spec.rule in LOG_RULES else h + 0j * eta
+    if spec.rule in NORMALIZED_RULES:
+        v = spec.decay * v + (1.0 - spec.decay) * np.real(u) ** 2
+        v_hat = v / (1.0 - spec.decay**k)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.where(v_hat > 0, u / (np.sqrt(v_hat) + spec.eps), 0.0)
+    else:
+        s = u
+    if spec.clip is not None:
+        s = np.where(s.real > spec.clip, spec.clip, np.where(s.real < -spec.clip, -spec.clip, s))
+    if spec.rule in LOG_RULES:
+        new = eta * np.exp(-rho * s)
+        alpha = -new * s
+    else:
+        new = eta - rho * s
+        alpha = -s
+    if spec.lower is not None:
+        low = new.real < spec.lower
+        new, alpha = np.where(low, spec.lower, new), np.where(low, 0.0, alpha)
+    if spec.upper is not None:
+        high = new.real > spec.upper
+        new, alpha = np.where(high, spec.upper, new), np.where(high, 0.0, alpha)
+    finite = np.isfinite(new.real)
+    return np.where(finite, new, eta), np.where(finite, alpha, 0.0), v
+
+
+def first_active(schedule: str, j: int) -> int:
+    """The 0-based step at which h⁽ʲ⁾ can first be non-zero (d₋₁ = 0, α = 0 at start)."""
+    return j + 1 if schedule == "cascade" else 1 + j * (j + 1) // 2
+
+
+def perturbation_times(schedule: str, order: int, steps: int) -> list[int]:
+    return [steps - 1 - j if schedule == "simultaneous" else steps - 1 for j in range(order)]
+
+
+class Adam:
+    """Adam's direction m̂/(√v̂ + ε), written out (b1 = 0.9, b2 = 0.999, ε = 1e-8)."""
+
+    def __init__(self, b1=0.9, b2=0.999, eps=1e-8):
+        self.b1, self.b2, self.eps = b1, b2, eps
+        self.m = self.v = None
+        self.t = 0
+
+    def __call__(self, g):
+        if self.m is None:
+            self.m = [np.zeros_like(x) for x in g]
+            self.v = [np.zeros_like(x) for x in g]
+        self.t += 1
+        self.m = [(1 - self.b1) * x + self.b1 * m for x, m in zip(g, self.m)]
+        self.v = [(1 - self.b2) * x * x + self.b2 * v for x, v in zip(g, self.v)]
+        m_hat = [m / (1 - self.b1**self.t) for m in self.m]
+        v_hat = [v / (1 - self.b2**self.t) for v in self.v]
+        return [m / (np.sqrt(v) + self.eps) for m, v in zip(m_hat, v_hat)]
+
+
+class Result(NamedTuple):
+    history: list  # history[n][j]: η⁽ʲ⁾ after step n, shaped as the library's rate
+    truths: list  # truths[j]: ∂J(θ_N)/∂δ⁽ʲ⁾, shaped as the library's rate
 
 
 def unroll(
     problem,
     params,
     *,
-    learning_rate,
-    rates,
-    schedule,
-    granularities,
-    rule_options,
-    direction,
-    steps,
-    perturb=None,
-):
-    """Run ``steps`` steps; return the parameters and rate history.
+    learning_rate: float,
+    rates: Sequence[float],
+    schedule: str,
+    granularities: Sequence[str],
+    rules: Sequence[Rule],
+    direction: str,
+    steps: int,
+    grad,
+) -> Result:
+    """Run ``steps`` steps; return the rates after each and the true hypergradients.
 
-    ``perturb`` is a list of ``(order, step, delta)``: each adds ``delta`` to η⁽ᵒʳᵈᵉʳ⁾
-    right after its own update at ``step``, before any lower order or the parameter step
-    uses it. Every
-    gradient, direction, hypergradient, cached α and normaliser statistic is held constant
-    with ``stop_gradient`` so that the derivative flows through the rules alone.
+    ``grad(params, n)`` is the gradient of ``problem.loss`` (real, held); ``direction`` is
+    ``"sgd"`` or ``"adam"``.
     """
     order = len(rates)
-    etas = [
-        init_rate(params, granularities[j], ([learning_rate, *rates[:-1]])[j]) for j in range(order)
-    ]
-    moments = [jax.tree.map(jnp.zeros_like, e) for e in etas]
-    alpha_history = [dict() for _ in range(order)]  # alpha_history[j][n] = α⁽ʲ⁾ of step n
-    d_prev = jax.tree.map(jnp.zeros_like, params)
-    direction = direction or optax.identity()
-    dir_state = direction.init(params)
+    leaves, treedef = jax.tree.flatten(params)
+    leaves = [np.asarray(x, np.float64) for x in leaves]
+    shapes = [x.shape for x in leaves]
+
+    # One batch row per entry of every δ⁽ʲ⁾, in the order the rates flatten.
+    def entries(j):
+        return (
+            1
+            if granularities[j] == "global"
+            else (
+                sum(int(np.prod(s)) for s in shapes)
+                if granularities[j] == "parameter"
+                else len(shapes)
+            )
+        )
+
+    offsets = np.cumsum([0] + [entries(j) for j in range(order)])
+    rows = int(offsets[-1])
+
+    def init_rate(j, value):
+        g = granularities[j]
+        if g == "global":
+            return [np.full((rows,), value, complex)]
+        if g == "tensor":
+            return [np.full((rows,), value, complex) for _ in shapes]
+        return [np.full((rows, *s), value, complex) for s in shapes]
+
+    def per_leaf(rate, g, like_shapes):
+        """A complex rate (batch rows first) broadcastable onto each leaf of ``like``."""
+        if g == "global":
+            rate = rate * len(like_shapes)
+        return [r.reshape(r.shape + (1,) * (len(s) - (r.ndim - 1))) for r, s in zip(rate, shapes)]
+
+    def reduce(tree, source, target):
+        """Sum a real per-leaf list from granularity ``source`` onto ``target``."""
+        if source == target:
+            return tree
+        if target == "tensor":
+            return [np.sum(x) for x in tree]
+        return [sum(np.sum(x) for x in tree)]
+
+    def expand_to(rate, source, target):
+        """A rate of granularity ``source`` on the entries of a ``target`` rate."""
+        if source == target:
+            return rate
+        if target == "global":
+            raise ValueError("a finer rate cannot sit above a coarser one")
+        if source == "global":
+            rate = rate * len(shapes)
+        if target == "parameter":
+            return [r.reshape(r.shape + (1,) * len(s)) for r, s in zip(rate, shapes)]
+        return rate
+
+    def perturb(rate, j):
+        g = granularities[j]
+        rate = [r.copy() for r in rate]
+        row = int(offsets[j])
+        for r in rate:
+            flat = r.reshape(rows, -1)
+            for e in range(flat.shape[1]):
+                flat[row, e] += 1j * TAU
+                row += 1
+            r[...] = flat.reshape(r.shape)
+        assert row == offsets[j + 1], (g, row)
+        return rate
+
+    initial = [learning_rate, *rates[:-1]]
+    etas = [init_rate(j, initial[j]) for j in range(order)]
+    moments = [[np.zeros(r.shape[1:]) for r in eta] for eta in etas]
+    alpha_history = [dict() for _ in range(order)]  # [j][n]: real α⁽ʲ⁾ of step n
     lags = [j if schedule == "simultaneous" else 1 for j in range(order)]
-    first_active = [
-        1 + j * (j + 1) // 2 if schedule == "simultaneous" else j + 1 for j in range(order)
-    ]
+    times = perturbation_times(schedule, order, steps)
+    adam = Adam() if direction == "adam" else None
+    theta = [np.broadcast_to(x, (rows, *x.shape)).astype(complex) for x in leaves]
+    d_prev = [np.zeros(s) for s in shapes]
     history = []
-    theta = params
     for n in range(steps):
-        g = sg(jax.grad(problem.loss)(theta, n))
-        d, dir_state = direction.update(g, dir_state, theta)
-        d = sg(d)
-        # Hypergradients: h⁽⁰⁾ from the gradient, then the chain through cached α.
-        hs = [reduce_to(jax.tree.map(lambda a, b: -a * b, g, d_prev), granularities[0])]
+        real_theta = treedef.unflatten([x[0].real for x in theta])
+        g = [np.asarray(x, np.float64) for x in jax.tree.leaves(grad(real_theta, n))]
+        d = adam(g) if adam else g
+        hs = [reduce([-a * b for a, b in zip(g, d_prev)], "parameter", granularities[0])]
         for j in range(1, order):
             alpha = alpha_history[j - 1].get(n - lags[j])
             if alpha is None:
-                alpha = jax.tree.map(jnp.zeros_like, etas[j - 1])
-            prod = jax.tree.map(jnp.multiply, hs[j - 1], alpha)
-            hs.append(_reduce_between(prod, granularities[j - 1], granularities[j]))
-        hs = [sg(h) for h in hs]
-        old = list(etas)
+                alpha = [np.zeros(r.shape[1:]) for r in etas[j - 1]]
+            product = [a * b for a, b in zip(hs[j - 1], alpha)]
+            hs.append(reduce(product, granularities[j - 1], granularities[j]))
         new = [None] * order
         for j in reversed(range(order)):
             if j == order - 1:
-                above_tree = jax.tree.map(lambda e: jnp.asarray(rates[-1], e.dtype), old[j])
+                above = [
+                    np.full((rows,) + (1,) * (r.ndim - 1), rates[-1], complex) for r in etas[j]
+                ]
             else:
-                src = new[j + 1] if schedule == "cascade" else old[j + 1]
-                above_tree = _coarse_to(src, granularities[j + 1], granularities[j], old[j])
-            options = rule_options[j]
-            active = max(n + 1 - first_active[j], 1)
-            outs = jax.tree.map(
-                lambda e, r, h, m, o=options, db=active: _rules.apply_rule(
-                    o, e, r, h, sg(m) if o.rule in _rules.NORMALIZED_RULES else None, db
-                ),
-                old[j],
-                above_tree,
-                hs[j],
-                moments[j],
-            )
-            treedef = jax.tree.structure(old[j])
-            leaves = treedef.flatten_up_to(outs)
-            new_eta = treedef.unflatten([leaf[0] for leaf in leaves])
-            alpha = treedef.unflatten([sg(leaf[1]) for leaf in leaves])
-            if options.rule in _rules.NORMALIZED_RULES:
-                moments[j] = treedef.unflatten([sg(leaf[2]) for leaf in leaves])
-            for order_p, step_p, delta in perturb or ():
-                if order_p == j and step_p == n:
-                    new_eta = jax.tree.map(jnp.add, new_eta, delta)
-            new[j] = new_eta
-            alpha_history[j][n] = alpha
+                source = new[j + 1] if schedule == "cascade" else etas[j + 1]
+                above = expand_to(source, granularities[j + 1], granularities[j])
+            k = max(n - first_active(schedule, j) + 1, 1)
+            outs = [
+                rule_step(rules[j], e, r, h, v, k)
+                for e, r, h, v in zip(etas[j], above, hs[j], moments[j], strict=True)
+            ]
+            new[j] = [o[0] for o in outs]
+            alpha_history[j][n] = [np.real(o[1][0]) for o in outs]
+            moments[j] = [np.real(o[2]) for o in outs]
+            if n == times[j]:
+                new[j] = perturb(new[j], j)
         etas = new
-        eta0 = broadcast_from(etas[0], granularities[0], params)
-        theta = jax.tree.map(lambda p, e, dd: p - e * dd, theta, eta0, d)
+        eta0 = per_leaf(etas[0], granularities[0], shapes)
+        theta = [p - e * dd for p, e, dd in zip(theta, eta0, d)]
         d_prev = d
-        history.append([jax.tree.map(sg, e) for e in etas])
-    return theta, history
+        history.append([_as_tree(eta, granularities[j], treedef, 0) for j, eta in enumerate(etas)])
+
+    final = treedef.unflatten([x[0].real for x in theta])
+    grad_final = [np.asarray(x, np.float64) for x in jax.tree.leaves(grad(final, steps))]
+    tangent = sum(
+        np.sum((x.imag / TAU) * gf, axis=tuple(range(1, x.ndim)))
+        for x, gf in zip(theta, grad_final)
+    )
+    truths = []
+    for j in range(order):
+        flat = tangent[offsets[j] : offsets[j + 1]]
+        if granularities[j] == "global":
+            truths.append(np.asarray(flat[0]))
+        elif granularities[j] == "tensor":
+            truths.append(treedef.unflatten([np.asarray(x) for x in flat]))
+        else:
+            parts = np.split(flat, np.cumsum([int(np.prod(s)) for s in shapes])[:-1])
+            truths.append(treedef.unflatten([p.reshape(s) for p, s in zip(parts, shapes)]))
+    return Result(history, truths)
 
 
-def _reduce_between(tree, source, target):
-    """Sum a ``source``-shaped tree over the entries that share one ``target`` entry."""
-    if source == target:
-        return tree
-    if target == "tensor":
-        return jax.tree.map(jnp.sum, tree)
-    return sum(jnp.sum(leaf) for leaf in jax.tree.leaves(tree))
-
-
-def _coarse_to(rate, source, target, like):
-    if source == "global" and target != "global":
-        return jax.tree.map(lambda _: rate, like)
-    return rate
+def _as_tree(rate, granularity, treedef, row):
+    """Row ``row`` of a batched rate, real, shaped as the library stores it."""
+    if granularity == "global":
+        return np.asarray(rate[0][row].real)
+    return treedef.unflatten([np.asarray(r[row].real) for r in rate])

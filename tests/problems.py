@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Problem(NamedTuple):
@@ -17,11 +18,18 @@ class Problem(NamedTuple):
     loss: Callable[[dict, int], jax.Array]
 
 
+# Batches from a fixed smooth function of the step: a loss that changes every step
+# without a random-number generator (threefry dominates the compile time of the unrolled
+# oracles) or a table of batches baked into every compiled step.
+_rng = np.random.default_rng(0)
+_X_FREQ, _X_PHASE = _rng.uniform(0.5, 3.0, (5, 3)), _rng.uniform(0, 6.3, (5, 3))
+_Y_FREQ, _Y_PHASE = _rng.uniform(0.5, 3.0, (5, 2)), _rng.uniform(0, 6.3, (5, 2))
+
+
 def _batch(step, dtype):
-    key = jax.random.fold_in(jax.random.key(0), step)
-    kx, ky = jax.random.split(key)
-    x = jax.random.normal(kx, (5, 3), dtype)
-    y = jax.random.normal(ky, (5, 2), dtype)
+    n = jnp.asarray(step).astype(dtype)
+    x = 1.5 * jnp.sin(jnp.asarray(_X_FREQ, dtype) * n + jnp.asarray(_X_PHASE, dtype))
+    y = jnp.sin(jnp.asarray(_Y_FREQ, dtype) * n + jnp.asarray(_Y_PHASE, dtype))
     return x, y
 
 
@@ -80,3 +88,111 @@ def optax_promotion(tx):
             return tx.update(updates, state, params, **extra)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+# --- every exported constructor, for the shared battery ----------------------------------
+
+
+class Factory(NamedTuple):
+    """An optimizer constructor and the hyperparameters the battery builds it with."""
+
+    name: str
+    factory: Callable[..., Any]
+    kwargs: dict
+
+
+def _original(
+    learning_rate,
+    rates=(1e-6, 1e-9),
+    *,
+    schedule="simultaneous",
+    granularity="parameter",
+    rule="additive",
+    clip=None,
+    bounds=None,
+    state_dtype=None,
+):
+    """The original algorithm: per-parameter rates, the additive rule, nothing clipped or
+    bounded, order 2 with the simultaneous schedule."""
+    import lrr_optax
+
+    return lrr_optax.learning_rate_rates(
+        learning_rate,
+        rates,
+        schedule=schedule,
+        granularity=granularity,
+        rule=rule,
+        clip=clip,
+        bounds=bounds,
+        state_dtype=state_dtype,
+    )
+
+
+def _factories():
+    import lrr_optax
+
+    # Learning rates as the constructors' docstrings show them.
+    return {
+        f.name: f
+        for f in [
+            Factory("learning_rate_rates", lrr_optax.learning_rate_rates, {"learning_rate": 1e-2}),
+            Factory("lrr_sgd", lrr_optax.lrr_sgd, {"learning_rate": 1e-2}),
+            Factory(
+                "lrr_sgd_momentum", lrr_optax.lrr_sgd, {"learning_rate": 1e-2, "momentum": 0.9}
+            ),
+            Factory("lrr_adam", lrr_optax.lrr_adam, {"learning_rate": 1e-3}),
+            Factory("lrr_adamw", lrr_optax.lrr_adamw, {"learning_rate": 1e-3}),
+            Factory("original", _original, {"learning_rate": 1e-2}),
+        ]
+    }
+
+
+FACTORIES = _factories()
+
+
+class Run(NamedTuple):
+    params: Any  # the final parameters
+    state: Any  # the final optimizer state
+    trajectory: list  # the parameters after each step
+    states: list  # the optimizer state after each step
+
+
+def train(
+    tx,
+    steps: int,
+    problem: Problem | str = "regression",
+    dtype=jnp.float64,
+    *,
+    grads_fn: Callable | None = None,
+    jit: bool = True,
+    params=None,
+    state=None,
+    start: int = 0,
+    promotion: str | None = None,
+    **extra,
+) -> Run:
+    """The one training loop of the tests: ``steps`` steps of ``tx`` on ``problem``.
+
+    ``grads_fn(params, n)`` replaces the problem's gradient (e.g. to poison one);
+    ``promotion="standard"`` runs the update under standard dtype promotion (optax's own
+    directions need it); ``extra`` is passed to ``update``.
+    """
+    import optax
+
+    problem = PROBLEMS[problem] if isinstance(problem, str) else problem
+    params = problem.params(dtype) if params is None else params
+    state = tx.init(params) if state is None else state
+    grads_fn = grads_fn or jax.grad(problem.loss)
+    update = jax.jit(tx.update) if jit else tx.update
+    trajectory, states = [], []
+    for n in range(start, start + steps):
+        grads = grads_fn(params, n)
+        if promotion is None:
+            updates, state = update(grads, state, params, **extra)
+        else:
+            with jax.numpy_dtype_promotion(promotion):
+                updates, state = update(grads, state, params, **extra)
+        params = optax.apply_updates(params, updates)
+        trajectory.append(params)
+        states.append(state)
+    return Run(params, state, trajectory, states)

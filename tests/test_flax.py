@@ -3,7 +3,6 @@ flax.training.train_state.TrainState."""
 
 from __future__ import annotations
 
-import json
 from functools import partial
 
 import jax
@@ -53,21 +52,14 @@ def test_nnx_optimizer_trains_like_the_optax_loop():
     assert int(optimizer.step[...]) == 6
 
 
-@pytest.fixture(scope="module")
-def sharded_flax_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sharded_flax")
-    run.launch(out, "flax")
-    return out, json.loads((out / "flax.json").read_text())
-
-
 @pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
-def test_nnx_optimizer_with_a_partitioned_model(sharded_flax_run, axis_type):
+def test_nnx_optimizer_with_a_partitioned_model(sharded_runs, axis_type):
     # On 8 devices, a model whose kernels and biases are sharded by nnx.with_partitioning:
     # nnx.Optimizer builds the state with each rate, previous direction and Adam moment
     # sharded like its parameter and each α ring with an extra unsharded slot axis, keeps
     # them so through nnx.jit steps, and trains as one device does.
-    out, report = sharded_flax_run
-    for when, mismatches in report[axis_type].items():
+    out, reports = sharded_runs
+    for when, mismatches in reports["flax"][axis_type].items():
         assert mismatches == [], f"{when}: {mismatches}"
 
     model, optimizer, _ = run.flax_train(sharded=False)

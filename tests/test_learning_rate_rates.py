@@ -1,39 +1,31 @@
-"""``learning_rate_rates``: anchors, the α cache, order 0, faults, arguments."""
+"""``learning_rate_rates``: anchors, the α cache, order 0, arguments, faults, dtypes, long
+runs and the counter, granularities on random trees, each rule's first steps exactly."""
 
 from __future__ import annotations
 
 import re
 
+import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lrr_optax
 
-from .problems import PROBLEMS, optax_promotion
+from .problems import PROBLEMS, optax_promotion, train
 
 PROBLEM = PROBLEMS["regression"]
-# The seed's algorithm, whatever the shipped defaults are: tests of the recursion's mechanics
+# The original algorithm, whatever the shipped defaults are: tests of the recursion's mechanics
 # and of the anchors name it explicitly.
 SEED = dict(granularity="parameter", rule="additive", clip=None)
 
 
 def _flat(tree):
     return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
-
-
-def _run(tx, steps, problem=PROBLEM, dtype=jnp.float64, jit=True):
-    params = problem.params(dtype)
-    state = tx.init(params)
-    update = jax.jit(tx.update) if jit else tx.update
-    trajectory = []
-    for n in range(steps):
-        updates, state = update(jax.grad(problem.loss)(params, n), state, params)
-        params = optax.apply_updates(params, updates)
-        trajectory.append(params)
-    return params, state, trajectory
 
 
 # --- anchors: Baydin's SGD-HD and Adam-HD, Chandra's stacked hyperoptimizers -------------
@@ -44,7 +36,7 @@ def test_order1_global_equals_baydin_sgd_hd():
     tx = lrr_optax.learning_rate_rates(
         alpha0, (beta,), granularity="global", rule="additive", clip=None, bounds=None
     )
-    _, state, trajectory = _run(tx, steps)
+    _, state, trajectory, _ = train(tx, steps)
 
     theta = _flat(PROBLEM.params(jnp.float64))
     unflatten = _unflattener()
@@ -70,7 +62,7 @@ def test_order1_global_equals_baydin_adam_hd():
         bounds=None,
         direction=optax_promotion(optax.scale_by_adam(b1, b2, eps)),
     )
-    _, state, trajectory = _run(tx, steps)
+    _, state, trajectory, _ = train(tx, steps)
 
     theta = _flat(PROBLEM.params(jnp.float64))
     unflatten = _unflattener()
@@ -104,7 +96,7 @@ def test_cascade_global_equals_stacked_sgd_hyperoptimizers(height):
         clip=None,
         bounds=None,
     )
-    _, state, trajectory = _run(tx, steps)
+    _, state, trajectory, _ = train(tx, steps)
 
     # A hyperoptimizer stack in the manner of "Gradient Descent: The Ultimate Optimizer":
     # the new values are built from the old ones with the previous step's (detached)
@@ -219,8 +211,8 @@ def test_step_reads_and_writes_one_slot_per_order():
 def test_order0_equals_optax_sgd_exactly():
     tx = lrr_optax.learning_rate_rates(0.1, ())
     reference = optax.sgd(0.1)
-    params, _, _ = _run(tx, 10)
-    expected, _, _ = _run(reference, 10)
+    params, _, _, _ = train(tx, 10)
+    expected, _, _, _ = train(reference, 10)
     jax.tree.map(np.testing.assert_array_equal, params, expected)
 
 
@@ -228,24 +220,24 @@ def test_order0_scales_any_direction():
     direction = optax_promotion(optax.scale_by_adam())
     tx = lrr_optax.learning_rate_rates(0.01, (), direction=direction)
     reference = optax.chain(optax_promotion(optax.scale_by_adam()), optax.scale(-0.01))
-    params, _, _ = _run(tx, 10)
-    expected, _, _ = _run(reference, 10)
+    params, _, _, _ = train(tx, 10)
+    expected, _, _, _ = train(reference, 10)
     # Equal up to the order of one multiplication inside a fused kernel.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-15), params, expected)
 
 
 def test_order0_accepts_a_schedule():
     schedule = optax.linear_schedule(0.1, 0.01, 5)
-    params, _, _ = _run(lrr_optax.learning_rate_rates(schedule, ()), 8)
-    expected, _, _ = _run(optax.sgd(schedule), 8)
+    params, _, _, _ = train(lrr_optax.learning_rate_rates(schedule, ()), 8)
+    expected, _, _, _ = train(optax.sgd(schedule), 8)
     jax.tree.map(np.testing.assert_array_equal, params, expected)
 
 
 @pytest.mark.parametrize("rule", ["additive", "normalized", "multiplicative", "log_normalized"])
 def test_jit_and_eager_agree(rule):
     tx = lrr_optax.learning_rate_rates(0.05, (1e-2, 1e-3), rule=rule, schedule="simultaneous")
-    eager, eager_state, _ = _run(tx, 8, jit=False)
-    jitted, jit_state, _ = _run(tx, 8, jit=True)
+    eager, eager_state, _, _ = train(tx, 8, jit=False)
+    jitted, jit_state, _, _ = train(tx, 8, jit=True)
     for a, b in zip(jax.tree.leaves((eager, eager_state)), jax.tree.leaves((jitted, jit_state))):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-300)
 
@@ -270,55 +262,45 @@ def test_zero_size_leaves(granularity):
     assert np.all(np.isfinite(updates["w"]))
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64])
-@pytest.mark.parametrize("state_dtype", [None, jnp.float32])
-def test_update_dtypes_follow_params(dtype, state_dtype):
-    params = {"w": jnp.ones((3,), dtype), "b": jnp.zeros((2,), dtype)}
-    tx = lrr_optax.learning_rate_rates(0.1, (1e-2, 1e-3), state_dtype=state_dtype)
-    state = tx.init(params)
-    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
-    updates, new_state = jax.jit(tx.update)(grads, state, params)
-    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
-        assert u.dtype == p.dtype
-    # Rates and α default to at least float32 (a rate of 1e-6 is subnormal in float16);
-    # the previous direction follows the parameters.
-    rates_dtype = jnp.dtype(state_dtype or (jnp.float64 if dtype == jnp.float64 else jnp.float32))
-    for leaf in jax.tree.leaves((new_state.etas, new_state.alphas)):
-        assert leaf.dtype == rates_dtype
-    for leaf in jax.tree.leaves(new_state.prev_direction):
-        assert leaf.dtype == jnp.dtype(state_dtype or dtype)
-    # The state's dtypes are a fixed point of update (optax's lax.cond test).
-    jax.tree.map(lambda a, b: np.testing.assert_equal(a.dtype, b.dtype), state, new_state)
-
-
 # --- numeric faults --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("rule", ["additive", "normalized", "multiplicative", "log_normalized"])
 @pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
-def test_nonfinite_gradient_never_enters_the_state(bad, rule, schedule):
-    params = PROBLEM.params(jnp.float64)
+def test_nonfinite_gradients_never_enter_the_state(rule, schedule):
     tx = lrr_optax.learning_rate_rates(0.05, (1e-2, 1e-3), rule=rule, schedule=schedule)
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    for n in range(12):
-        grads = jax.grad(PROBLEM.loss)(params, n)
-        if n in (4, 7):  # poison one element, then a whole leaf
-            grads = {"w": grads["w"].at[0, 0].set(bad), "b": grads["b"]}
-        if n == 7:
-            grads["b"] = jnp.full_like(grads["b"], bad)
-        before = state
-        updates, state = update(grads, state, params)
-        for leaf in jax.tree.leaves((state, updates)):
-            assert np.all(np.isfinite(leaf))
-        if n == 7:
-            # A wholly non-finite leaf neither moves its parameters nor its rates.
-            np.testing.assert_array_equal(updates["b"], 0.0)
-            for old, new in zip(before.etas, state.etas):
-                np.testing.assert_array_equal(old["b"], new["b"])
-        params = optax.apply_updates(params, updates)
-    assert PROBLEM.loss(params, 0) < PROBLEM.loss(PROBLEM.params(jnp.float64), 0)
+    update = jax.jit(tx.update)  # one program for every kind of bad value
+    initial = PROBLEM.params(jnp.float64)
+    for bad in (np.nan, np.inf, -np.inf):
+        params, state = initial, tx.init(initial)
+        rates = []
+        for n in range(14):
+            grads = jax.grad(PROBLEM.loss)(params, n)
+            if n in (4, 7):  # poison one element, then also a whole leaf
+                grads = {"w": grads["w"].at[0, 0].set(bad), "b": grads["b"]}
+            if n == 7:
+                grads["b"] = jnp.full_like(grads["b"], bad)
+            if n == 9:  # everything bad
+                grads = jax.tree.map(lambda g, bad=bad: jnp.full_like(g, bad), grads)
+            before = state
+            updates, state = update(grads, state, params)
+            for leaf in jax.tree.leaves((state, updates)):
+                assert np.all(np.isfinite(leaf))
+            if n == 4:
+                # Only the bad element is held: the others still step.
+                assert updates["w"][0, 0] == 0.0 and np.all(updates["w"][1] != 0.0)
+            if n in (7, 9):
+                # A wholly non-finite leaf neither moves its parameters nor its rates.
+                np.testing.assert_array_equal(updates["b"], 0.0)
+                for old, new in zip(before.etas, state.etas):
+                    np.testing.assert_array_equal(old["b"], new["b"])
+            params = optax.apply_updates(params, updates)
+            rates.append(lrr_optax.learning_rates(state))
+        assert int(state.count) == 14
+        # Training went on: the rates kept adapting after the faults and the loss fell.
+        for j in range(2):
+            assert np.any(rates[-1][j]["w"] != rates[9][j]["w"])
+        assert PROBLEM.loss(params, 0) < PROBLEM.loss(initial, 0)
 
 
 def test_overflowing_hypergradient_keeps_the_rate():
@@ -330,17 +312,6 @@ def test_overflowing_hypergradient_keeps_the_rate():
         updates, state = jax.jit(tx.update)({"w": jnp.full(4, 3e10, jnp.float32)}, state)
         for leaf in jax.tree.leaves(state):
             assert np.all(np.isfinite(leaf))
-
-
-def test_default_bounds_keep_rates_non_negative():
-    params = PROBLEM.params(jnp.float64)
-    tx = lrr_optax.learning_rate_rates(0.01, (10.0, 10.0))  # wildly large rates of rates
-    state = tx.init(params)
-    for n in range(30):
-        updates, state = jax.jit(tx.update)(jax.grad(PROBLEM.loss)(params, n), state, params)
-        params = optax.apply_updates(params, updates)
-        for leaf in jax.tree.leaves(state.etas):
-            assert np.all(leaf >= 0)
 
 
 # --- arguments -------------------------------------------------------------------------------
@@ -412,11 +383,355 @@ def test_top_rate_schedule():
         )
 
 
-def test_unknown_extra_args_are_ignored():
-    params = PROBLEM.params(jnp.float64)
-    tx = lrr_optax.learning_rate_rates(0.05, (1e-2,))
+# --- each rule's first steps, exactly --------------------------------------------------------
+
+RULES = ("additive", "normalized", "multiplicative", "log_normalized")
+
+
+def _hooked_run(tx, steps, problem=PROBLEM):
+    """Eager steps through the public debug hook: (grads, state before, aux, state after)."""
+    hooked = lrr_optax.update_with_hypergradients(tx)
+    params = problem.params(jnp.float64)
     state = tx.init(params)
-    grads = jax.grad(PROBLEM.loss)(params, 0)
-    with_extra, _ = tx.update(grads, state, params, value=1.0, grad_fn=None)
-    without, _ = tx.update(grads, state, params)
-    jax.tree.map(np.testing.assert_array_equal, with_extra, without)
+    records = []
+    for n in range(steps):
+        grads = jax.grad(problem.loss)(params, n)
+        updates, new_state, aux = hooked(grads, state, params)
+        records.append((grads, state, aux, new_state))
+        params, state = optax.apply_updates(params, updates), new_state
+    return records
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+@pytest.mark.parametrize("rule", RULES)
+def test_first_steps_of_each_rule_are_exact(rule, clip):
+    """Order 1 on SGD, per parameter, no bounds: h, η and α of the first three steps.
+
+    At the first active step the normaliser's debiased v̂ is u² exactly, so a normalised
+    rule moves η by exactly −ρ·sign(h) ("normalized") or to η·exp(−ρ·sign(η·h))
+    ("log_normalized"), before the clip.
+    """
+    rho, beta = 0.02, 0.9
+    tx = lrr_optax.learning_rate_rates(
+        0.05,
+        (rho,),
+        granularity="parameter",
+        rule=rule,
+        clip=clip,
+        bounds=None,
+        normalizer_decay=beta,
+        normalizer_eps=1e-30,
+    )
+    records = _hooked_run(tx, 3)
+    c = np.inf if clip is None else clip
+    log = rule in ("multiplicative", "log_normalized")
+    moment = 0.0
+    prev_grads = None
+    for n, (grads, before, aux, after) in enumerate(records):
+        eta, new_eta = _flat(before.etas[0]), _flat(after.etas[0])
+        h = _flat(aux.hypergradients[0])
+        g = _flat(grads)
+        # h⁽⁰⁾_n = −g_n ⊙ d_{n−1}, with d = g (SGD) and d₋₁ = 0.
+        np.testing.assert_array_equal(h, 0.0 if prev_grads is None else -g * prev_grads)
+        prev_grads = g
+        if n == 0:
+            np.testing.assert_array_equal(new_eta, eta)  # nothing to adapt on yet
+            continue
+        u = eta * h if log else h
+        if rule in ("normalized", "log_normalized"):
+            k = n  # the steps h⁽⁰⁾ has existed: 1 at the first active step
+            moment = beta * moment + (1 - beta) * u**2
+            s = u / np.sqrt(moment / (1 - beta**k))
+            if k == 1:
+                np.testing.assert_allclose(s, np.sign(u), rtol=1e-15)
+        else:
+            s = u
+        s = np.clip(s, -c, c)
+        expected = eta * np.exp(-rho * s) if log else eta - rho * s
+        np.testing.assert_allclose(new_eta, expected, rtol=1e-14)
+        alpha = -expected * s if log else -s
+        np.testing.assert_allclose(_flat(aux.alphas[0]), alpha, rtol=1e-13)
+
+
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+def test_each_order_chains_through_alpha_from_its_lag(schedule):
+    """h⁽ʲ⁾_n = h⁽ʲ⁻¹⁾_n ⊙ α⁽ʲ⁻¹⁾_{n−L_j}, L_j = j (simultaneous) or 1 (cascade)."""
+    order = 4
+    tx = lrr_optax.learning_rate_rates(0.05, (0.5,) * order, schedule=schedule, bounds=None, **SEED)
+    records = _hooked_run(tx, 12)
+    for n, (_, _, aux, _) in enumerate(records):
+        for j in range(1, order):
+            lag = j if schedule == "simultaneous" else 1
+            alpha = records[n - lag][2].alphas[j - 1] if n >= lag else None
+            h_below = _flat(aux.hypergradients[j - 1])
+            expected = np.zeros_like(h_below) if alpha is None else h_below * _flat(alpha)
+            np.testing.assert_array_equal(_flat(aux.hypergradients[j]), expected)
+    # Every order's hypergradient was non-zero by the end: the check tested something.
+    assert all(np.any(_flat(h) != 0) for h in records[-1][2].hypergradients)
+
+
+# --- dtypes, long runs, rates that stay non-negative --------------------------------------
+
+INITIAL = (0.05, 1e-2, 1e-3)  # η⁽⁰⁾, η⁽¹⁾, η⁽²⁾ initial values
+TOP = 1e-3
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def _tx3(**options):
+    return lrr_optax.learning_rate_rates(INITIAL[0], (*INITIAL[1:], TOP), **options)
+
+
+# --- dtypes ----------------------------------------------------------------------------------
+
+
+def _mean_loss(params, batches=12):
+    """The loss over the training batches, in float32: one batch alone is too noisy."""
+    params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+    return np.mean([float(PROBLEM.loss(params, n)) for n in range(batches)])
+
+
+@pytest.mark.parametrize("state_dtype", [None, jnp.float32])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64])
+def test_training_in_each_dtype(dtype, state_dtype):
+    tx = _tx3(state_dtype=state_dtype, rule="normalized")
+    stored = jnp.dtype(state_dtype or dtype)
+    # Rates, α and moments: at least float32 by default; the normaliser always.
+    rates_dtype = jnp.dtype(state_dtype or (jnp.float64 if dtype == jnp.float64 else jnp.float32))
+    moment_dtype = jnp.float64 if rates_dtype == jnp.float64 else jnp.float32
+
+    @jax.jit
+    def step(params, state, n):
+        grads = jax.grad(PROBLEM.loss)(params, n)
+        # optax's dtype-stability check: a taken and a skipped update give one state type.
+        skip = jax.random.randint(jax.random.fold_in(jax.random.key(0), n), (), 0, 4) == 0
+        updates, new_state = jax.lax.cond(
+            skip,
+            lambda: (jax.tree.map(jnp.zeros_like, params), state),
+            lambda: tx.update(grads, state, params),
+        )
+        return updates, new_state
+
+    params = PROBLEM.params(dtype)
+    state = tx.init(params)
+    types = jax.tree.map(jax.typeof, state)
+    initial_loss = _mean_loss(params)
+    for n in range(12):
+        updates, state = step(params, state, n)
+        for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+            assert u.dtype == p.dtype  # updates always in the params' dtype
+        params = optax.apply_updates(params, updates)
+    assert jax.tree.map(jax.typeof, state) == types
+    for leaf in jax.tree.leaves((state.etas, state.alphas)):
+        assert leaf.dtype == rates_dtype
+        assert np.all(np.isfinite(np.asarray(leaf, np.float64)))
+    for leaf in jax.tree.leaves(state.second_moments):
+        assert leaf.dtype == moment_dtype
+    assert jax.tree.leaves(state.prev_direction)[0].dtype == stored
+    assert _mean_loss(params) < initial_loss
+    # Every order's rate adapts, even the small top-but-one, in half precision too.
+    for j, eta in enumerate(state.etas):
+        initial = np.float64(INITIAL[j]).astype(rates_dtype)
+        assert np.any(np.asarray(eta["w"], np.float64) != initial)
+
+
+@pytest.mark.parametrize("granularity", ["parameter", "tensor", "global"])
+def test_mixed_precision_params_with_a_float32_state(granularity):
+    params = {"w": jnp.full((3, 2), 0.3, jnp.bfloat16), "b": jnp.asarray([0.1, -0.2], jnp.float16)}
+
+    def loss(params, n):
+        x, y = jax.random.normal(jax.random.fold_in(jax.random.key(0), n), (2, 5, 2), jnp.float32)
+        w, b = (p.astype(jnp.float32) for p in (params["w"][:2], params["b"]))
+        return jnp.mean(jnp.square(jnp.tanh(x @ w + b) - y))
+
+    tx = _tx3(state_dtype=jnp.float32, granularity=granularity)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for n in range(6):
+        updates, state = update(jax.grad(loss)(params, n), state, params)
+        assert {k: u.dtype for k, u in updates.items()} == {k: p.dtype for k, p in params.items()}
+        params = optax.apply_updates(params, updates)
+    for leaf in jax.tree.leaves((state.etas, state.alphas, state.prev_direction)):
+        assert leaf.dtype == jnp.float32
+        assert np.all(np.isfinite(leaf))
+    assert np.any(np.asarray(jax.tree.leaves(state.etas[1])[0]) != np.float32(INITIAL[1]))
+
+
+# --- long runs and the counter ---------------------------------------------------------------
+
+# Orders 0 … 4 at the simultaneous schedule: rings of sizes L = 1, 2, 3, 4.
+LONG_RATES = (1e-6, 1e-6, 1e-6, 1e-6, 1e-8)
+
+
+def _long_tx3():
+    return lrr_optax.learning_rate_rates(1e-3, LONG_RATES, bounds=None, granularity="parameter")
+
+
+def _gradient(n):
+    # Independent of the params, different at every step, never zero.
+    return {"w": 0.5 + jnp.sin(0.3 * n.astype(jnp.float64) + jnp.arange(2.0))}
+
+
+def test_a_million_steps_keep_the_counter_and_the_ring():
+    tx = _long_tx3()
+    hooked = jax.jit(lrr_optax.update_with_hypergradients(tx))
+    steps = 10**6
+    params = {"w": jnp.zeros(2)}
+
+    @jax.jit
+    def run(state):
+        def body(n, state):
+            return tx.update(_gradient(n), state, params)[1]
+
+        return jax.lax.fori_loop(0, steps - 4, body, state)
+
+    state = run(tx.init(params))
+    assert int(state.count) == steps - 4
+    written = {}
+    for n in range(steps - 4, steps):  # the last 4 steps, with the debug hook
+        _, state, aux = hooked(_gradient(jnp.asarray(n)), state, params)
+        written[n] = aux.alphas
+    assert int(state.count) == steps
+    for leaf in jax.tree.leaves(state):
+        assert np.all(np.isfinite(leaf))
+    # Ring j − 1 (size L = j) holds α⁽ʲ⁻¹⁾ of the last L steps, step n in slot n mod L.
+    for j in range(1, len(LONG_RATES)):
+        ring = state.alphas[j - 1]["w"]
+        assert ring.shape[0] == j
+        for n in range(steps - j, steps):
+            np.testing.assert_array_equal(ring[n % j], written[n][j - 1]["w"])
+            assert np.all(ring[n % j] != 0.0)
+
+
+@pytest.mark.parametrize("count", [10**6 - 1, 10**6 + 5, INT32_MAX - 2])
+def test_large_counts_read_and_write_slot_count_mod_l(count):
+    tx = _long_tx3()
+    hooked = jax.jit(lrr_optax.update_with_hypergradients(tx))
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    # Slot k of ring j − 1 holds a value that names it: (j, k) ↦ 1 + j/10 + k/100.
+    alphas = tuple(
+        {"w": jnp.tile(1.0 + j / 10 + jnp.arange(j)[:, None] / 100, (1, 2))}
+        for j in range(1, len(LONG_RATES))
+    )
+    state = state._replace(
+        count=jnp.asarray(count, jnp.int32),
+        alphas=alphas,
+        prev_direction={"w": jnp.ones(2)},
+    )
+    # Past the int32 limit the count steps back by lcm(1 … m−1) = 12: every ring keeps its order.
+    period = 12
+    c = count
+    for _ in range(4):  # across the wrap of every ring, and across the count's wrap at the end
+        before = state
+        _, state, aux = hooked({"w": jnp.ones(2)}, state, params)
+        h = aux.hypergradients
+        for j in range(1, len(LONG_RATES)):
+            ring = before.alphas[j - 1]["w"]
+            # h⁽ʲ⁾ = h⁽ʲ⁻¹⁾ ⊙ (slot c mod L of the ring): the slot read is the named one.
+            np.testing.assert_allclose(h[j]["w"] / h[j - 1]["w"], ring[c % j], rtol=1e-15)
+            new_ring = state.alphas[j - 1]["w"]
+            np.testing.assert_array_equal(new_ring[c % j], aux.alphas[j - 1]["w"])
+            for k in range(j):
+                if k != c % j:
+                    np.testing.assert_array_equal(new_ring[k], ring[k])
+        expected = c + 1 if c < INT32_MAX else INT32_MAX - period + 1
+        assert int(state.count) == expected
+        assert expected % period == (c + 1) % period
+        c = expected
+
+
+# --- rates stay non-negative -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+@pytest.mark.parametrize("rule", ["additive", "normalized", "multiplicative", "log_normalized"])
+def test_rates_never_go_negative_under_the_default_bounds(rule, schedule):
+    # Huge rates of rates on a noisy loss push the rates hard both ways.
+    tx = lrr_optax.learning_rate_rates(0.01, (10.0, 10.0, 10.0), rule=rule, schedule=schedule)
+    params = PROBLEM.params(jnp.float32)
+
+    @jax.jit
+    def run(params):
+        def body(carry, n):
+            params, state = carry
+            updates, state = tx.update(jax.grad(PROBLEM.loss)(params, n), state, params)
+            lowest = jnp.min(jnp.stack([jnp.min(x) for x in jax.tree.leaves(state.etas)]))
+            return (optax.apply_updates(params, updates), state), lowest
+
+        return jax.lax.scan(body, (params, tx.init(params)), jnp.arange(40))
+
+    (_, state), lowest = run(params)
+    assert np.all(np.asarray(lowest) >= 0.0)
+    for leaf in jax.tree.leaves(state):
+        assert np.all(np.isfinite(leaf))
+
+
+# --- granularities: property tests on random pytrees ---------------------------------------
+
+shapes = st.lists(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4), max_size=4)
+
+
+def _tree(shape_list, seed):
+    rng = np.random.default_rng(seed)
+    return {
+        f"leaf{i}": jnp.asarray(rng.normal(size=shape), jnp.float64)
+        for i, shape in enumerate(shape_list)
+    }
+
+
+@settings(max_examples=12, deadline=None)
+@given(shape_list=shapes, seed=st.integers(0, 2**16))
+def test_coarse_hypergradients_are_sums_of_fine_ones(shape_list, seed):
+    """h⁽⁰⁾ of a tensor rate is the sum of the per-parameter h⁽⁰⁾ over its leaf; global sums all."""
+    params = _tree(shape_list, seed)
+    grads = [_tree(shape_list, seed + k) for k in (1, 2)]
+    hypergradients = {}
+    for granularity in ("parameter", "tensor", "global"):
+        tx = lrr_optax.learning_rate_rates(0.1, (1e-2,), granularity=granularity)
+        step = lrr_optax.update_with_hypergradients(tx)
+        state = tx.init(params)
+        _, state, _ = step(grads[0], state, params)
+        _, _, aux = step(grads[1], state, params)
+        hypergradients[granularity] = aux.hypergradients[0]
+        # Each rate has the shape its granularity prescribes.
+        eta = state.etas[0]
+        if granularity == "parameter":
+            jax.tree.map(lambda e, p: np.testing.assert_equal(e.shape, p.shape), eta, params)
+        elif granularity == "tensor":
+            jax.tree.map(lambda e: np.testing.assert_equal(e.shape, ()), eta)
+        else:
+            assert eta.shape == ()
+    per_parameter = hypergradients["parameter"]
+    for name in params:
+        np.testing.assert_allclose(
+            hypergradients["tensor"][name], np.sum(per_parameter[name]), rtol=1e-12, atol=1e-12
+        )
+    total = sum(float(np.sum(x)) for x in per_parameter.values())
+    np.testing.assert_allclose(hypergradients["global"], total, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    shape_list=shapes,
+    seed=st.integers(0, 2**16),
+    mix=st.sampled_from(
+        [
+            ("parameter", "parameter", "parameter"),
+            ("parameter", "tensor", "global"),
+            ("parameter", "global", "global"),
+            ("tensor", "tensor", "global"),
+            ("global", "global", "global"),
+        ]
+    ),
+    schedule=st.sampled_from(["simultaneous", "cascade"]),
+)
+def test_any_tree_and_mix_gives_finite_updates_of_the_params_shape(shape_list, seed, mix, schedule):
+    params = _tree(shape_list, seed)
+    tx = lrr_optax.learning_rate_rates(0.1, (1e-2, 1e-3, 1e-4), granularity=mix, schedule=schedule)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for k in range(4):
+        updates, state = update(_tree(shape_list, seed + k), state, params)
+    jax.tree.map(lambda u, p: np.testing.assert_equal(u.shape, p.shape), updates, params)
+    for leaf in jax.tree.leaves((updates, state)):
+        assert np.all(np.isfinite(leaf))

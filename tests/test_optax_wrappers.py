@@ -11,7 +11,7 @@ import pytest
 
 import lrr_optax
 
-from .problems import PROBLEMS, optax_promotion
+from .problems import PROBLEMS, optax_promotion, train
 
 PROBLEM = PROBLEMS["regression"]
 RATES = (1e-2, 1e-3)
@@ -31,19 +31,6 @@ def _grads(params, n, poison=False):
     return grads
 
 
-def _run(tx, steps, dtype=jnp.float64, grads_fn=_grads, **extra):
-    """Train; returns the final params, state and every intermediate state."""
-    params = PROBLEM.params(dtype)
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    states = []
-    for n in range(steps):
-        updates, state = update(grads_fn(params, n), state, params, **extra)
-        params = optax.apply_updates(params, updates)
-        states.append(state)
-    return params, state, states
-
-
 def _assert_trees_equal(a, b):
     assert jax.tree.structure(a) == jax.tree.structure(b)
     jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -55,7 +42,7 @@ def _assert_trees_equal(a, b):
 def test_chain_after_clipping_with_decayed_weights():
     clip, decay, steps = 0.5, 1e-2, 10
     chained = optax.chain(optax.clip_by_global_norm(clip), optax.add_decayed_weights(decay), _lrr())
-    params, state, _ = _run(chained, steps)
+    params, state, *_ = train(chained, steps)
 
     # The same by hand: the transformation sees the clipped, decayed gradient.
     tx = _lrr()
@@ -145,7 +132,7 @@ def test_apply_if_finite_skips_a_non_finite_step():
 @pytest.mark.parametrize("granularity", ["parameter", "global"])
 def test_masked_adapts_only_the_masked_in_leaves(granularity):
     tx = optax.masked(_lrr(granularity=granularity), {"w": True, "b": False})
-    params, state, _ = _run(tx, 6)
+    params, state, *_ = train(tx, 6)
 
     # The same transformation on the "w" leaf alone; "b" takes the raw gradient.
     sub = _lrr(granularity=granularity)
@@ -169,7 +156,7 @@ def test_partition_gives_each_group_its_own_rates():
     slow = lrr_optax.learning_rate_rates(0.01, (1e-3,), granularity="global")
     for combine in (optax.partition, optax.multi_transform):
         tx = combine({"fast": fast, "slow": slow}, labels)
-        params, state, _ = _run(tx, 5)
+        params, state, *_ = train(tx, 5)
 
         expected = PROBLEM.params(jnp.float64)
         states = {"fast": fast.init({"w": expected["w"]}), "slow": slow.init({"b": expected["b"]})}
@@ -209,8 +196,8 @@ def test_inject_hyperparams_equals_the_plain_transformation():
         rule="normalized",
         bounds=(0.0, 1.0),
     )
-    params, state, _ = _run(injected, 8)
-    expected, expected_state, _ = _run(plain, 8)
+    params, state, *_ = train(injected, 8)
+    expected, expected_state, *_ = train(plain, 8)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13), params, expected)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13),
@@ -240,7 +227,9 @@ def test_injected_top_rate_can_be_changed_during_training():
     def top(count):
         return jnp.where(count < switch, RATES[1], new_top)
 
-    expected, expected_state, _ = _run(lrr_optax.learning_rate_rates(0.05, (RATES[0], top)), steps)
+    expected, expected_state, *_ = train(
+        lrr_optax.learning_rate_rates(0.05, (RATES[0], top)), steps
+    )
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13), params, expected)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13),
@@ -256,8 +245,8 @@ def test_injected_top_rate_schedule():
         return lrr_optax.learning_rate_rates(learning_rate, (1e-2, top_rate))
 
     injected = optax.inject_hyperparams(factory)(learning_rate=0.05, top_rate=schedule)
-    params, state, states = _run(injected, 6)
-    expected, expected_state, _ = _run(lrr_optax.learning_rate_rates(0.05, (1e-2, schedule)), 6)
+    params, state, _, states = train(injected, 6)
+    expected, expected_state, *_ = train(lrr_optax.learning_rate_rates(0.05, (1e-2, schedule)), 6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13), params, expected)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13),
@@ -343,8 +332,8 @@ WRAPPERS = {
 def test_learning_rates_and_summarize_see_through(wrapper):
     # With a large clip, a window of one and an all-true mask every wrapper trains like
     # the bare transformation, so the rates read through it must be the bare ones.
-    _, state, _ = _run(WRAPPERS[wrapper](), 5)
-    _, bare, _ = _run(_lrr(), 5)
+    _, state, *_ = train(WRAPPERS[wrapper](), 5)
+    _, bare, *_ = train(_lrr(), 5)
     etas = lrr_optax.learning_rates(state)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13), etas, bare.etas)
     summary = jax.jit(lrr_optax.summarize)(state)
