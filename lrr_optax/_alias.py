@@ -1,7 +1,5 @@
 """Aliases in optax's manner: SGD, Adam and AdamW whose learning rates learn themselves."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,7 +17,7 @@ def lrr_sgd(
     *,
     momentum: float | None = None,
     nesterov: bool = False,
-    schedule: Schedule = "simultaneous",
+    schedule: Schedule = "cascade",
     granularity: Granularity | Sequence[Granularity] = "tensor",
     rule: Rule = "log_normalized",
     clip: float | Sequence[float | None] | None = 1.0,
@@ -86,7 +84,7 @@ def lrr_adam(
     eps: float = 1e-8,
     eps_root: float = 0.0,
     nesterov: bool = False,
-    schedule: Schedule = "simultaneous",
+    schedule: Schedule = "cascade",
     granularity: Granularity | Sequence[Granularity] = "tensor",
     rule: Rule = "log_normalized",
     clip: float | Sequence[float | None] | None = 1.0,
@@ -158,7 +156,7 @@ def lrr_adamw(
     weight_decay: float = 1e-4,
     mask: Any | Callable[[optax.Params], Any] | None = None,
     nesterov: bool = False,
-    schedule: Schedule = "simultaneous",
+    schedule: Schedule = "cascade",
     granularity: Granularity | Sequence[Granularity] = "tensor",
     rule: Rule = "log_normalized",
     clip: float | Sequence[float | None] | None = 1.0,

@@ -1,7 +1,5 @@
 """The public factory :func:`learning_rate_rates`."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +18,7 @@ def learning_rate_rates(
     rates: Sequence[optax.ScalarOrSchedule] = DEFAULT_RATES,
     *,
     direction: optax.GradientTransformation | None = None,
-    schedule: Schedule = "simultaneous",
+    schedule: Schedule = "cascade",
     granularity: Granularity | Sequence[Granularity] = "tensor",
     rule: Rule = "log_normalized",
     clip: float | Sequence[float | None] | None = 1.0,
@@ -76,7 +74,8 @@ def learning_rate_rates(
         schedule. ``()`` is order 0: plain descent along ``direction``.
       direction: an ``optax.GradientTransformation`` giving d_n from g_n, e.g.
         ``optax.scale_by_adam()``; ``None`` is the gradient itself (SGD).
-      schedule: ``"simultaneous"`` or ``"cascade"`` (top-down).
+      schedule: ``"cascade"`` (top-down, each order with the rate above it just updated;
+        the default) or ``"simultaneous"`` (every order from the previous step's values).
       granularity: ``"parameter"``, ``"tensor"`` or ``"global"``, or a sequence with one
         per adapted order (orders 0 … m−1) that never gets finer going up.
       rule: how a rate moves with its hypergradient: ``"additive"`` (η − ρ·h),

@@ -128,11 +128,13 @@ def unroll(
     direction: str,
     steps: int,
     grad,
+    envelope=lambda n: 1.0,
 ) -> Result:
     """Run ``steps`` steps; return the rates after each and the true hypergradients.
 
     ``grad(params, n)`` is the gradient of ``problem.loss`` (real, held); ``direction`` is
-    ``"sgd"`` or ``"adam"``.
+    ``"sgd"`` or ``"adam"``; ``envelope(n)`` is s_n, the factor of step n's update (the
+    learning-rate schedule times the warm-up ramp), which the next hypergradient sees.
     """
     order = len(rates)
     leaves, treedef = jax.tree.flatten(params)
@@ -243,8 +245,9 @@ def unroll(
                 new[j] = perturb(new[j], j)
         etas = new
         eta0 = per_leaf(etas[0], granularities[0], shapes)
-        theta = [p - e * dd for p, e, dd in zip(theta, eta0, d)]
-        d_prev = d
+        scale = envelope(n)
+        theta = [p - scale * e * dd for p, e, dd in zip(theta, eta0, d)]
+        d_prev = [scale * dd for dd in d]
         history.append([_as_tree(eta, granularities[j], treedef, 0) for j, eta in enumerate(etas)])
 
     final = treedef.unflatten([x[0].real for x in theta])

@@ -125,6 +125,7 @@ def _original(
         clip=clip,
         bounds=bounds,
         state_dtype=state_dtype,
+        warmup_steps=0,
     )
 
 

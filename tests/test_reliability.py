@@ -272,14 +272,15 @@ def _oracle_h0(problem_loss, params, *, lr, beta, horizon, envelope, ramp, steps
                 h = sum(jnp.sum(x) for x in jax.tree.leaves(h))
                 eta = eta - beta * h
                 used = eta + horizon ** (steps - 1 - n) * delta
-                used = jax.tree.map(lambda _: used, g)
+                used = jax.tree.map(lambda _, used=used: used, g)
             else:
                 eta = jax.tree.map(lambda e, h: e - beta * h, eta, h)
-                used = jax.tree.map(lambda e, d: e + horizon ** (steps - 1 - n) * d, eta, delta)
+                weight = horizon ** (steps - 1 - n)
+                used = jax.tree.map(lambda e, d, w=weight: e + w * d, eta, delta)
             # The schedule sees the step count as the library does, an int32.
             s = jnp.asarray(envelope(jnp.asarray(n, jnp.int32))).astype(jnp.float64) * ramp(n)
-            theta = jax.tree.map(lambda p, e, g: p - s * e * g, theta, used, g)
-            u = jax.tree.map(lambda g, u: s * g + horizon * u, g, u)
+            theta = jax.tree.map(lambda p, e, g, s=s: p - s * e * g, theta, used, g)
+            u = jax.tree.map(lambda g, u, s=s: s * g + horizon * u, g, u)
 
     zero = 0.0 if granularity == "global" else jax.tree.map(jnp.zeros_like, params)
     return jax.grad(loss_at_n)(jnp.asarray(zero) if granularity == "global" else zero)
