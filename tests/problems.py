@@ -1,7 +1,5 @@
 """Shared problem registry for the tests: small losses that change every step."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -102,7 +100,7 @@ class Factory(NamedTuple):
 
 
 def _original(
-    learning_rate,
+    learning_rate: float,
     rates=(1e-6, 1e-9),
     *,
     schedule="simultaneous",

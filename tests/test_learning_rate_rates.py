@@ -21,7 +21,9 @@ from .problems import PROBLEMS, optax_promotion, train
 PROBLEM = PROBLEMS["regression"]
 # The original algorithm, whatever the shipped defaults are: tests of the recursion's mechanics
 # and of the anchors name it explicitly.
-ORIGINAL = dict(granularity="parameter", rule="additive", clip=None, warmup_steps=0)
+ORIGINAL = dict(
+    granularity="parameter", rule="additive", clip=None, warmup_steps=0, schedule="simultaneous"
+)
 
 
 def _flat(tree):
@@ -166,7 +168,7 @@ def _buffers(ring_tree, params):
 @pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
 def test_alpha_cache_size(order, schedule):
     params = PROBLEM.params(jnp.float64)
-    tx = lrr_optax.learning_rate_rates(0.1, (1e-3,) * order, schedule=schedule, **ORIGINAL)
+    tx = lrr_optax.learning_rate_rates(0.1, (1e-3,) * order, **{**ORIGINAL, "schedule": schedule})
     state = tx.init(params)
     buffers = sum(_buffers(ring, params) for ring in state.alphas)
     expected = order * (order - 1) // 2 if schedule == "simultaneous" else max(order - 1, 0)
@@ -467,7 +469,7 @@ def test_each_order_chains_through_alpha_from_its_lag(schedule):
     """h⁽ʲ⁾_n = h⁽ʲ⁻¹⁾_n ⊙ α⁽ʲ⁻¹⁾_{n−L_j}, L_j = j (simultaneous) or 1 (cascade)."""
     order = 4
     tx = lrr_optax.learning_rate_rates(
-        0.05, (0.5,) * order, schedule=schedule, bounds=None, **ORIGINAL
+        0.05, (0.5,) * order, bounds=None, **{**ORIGINAL, "schedule": schedule}
     )
     records = _hooked_run(tx, 12)
     for n, (_, _, aux, _) in enumerate(records):
@@ -575,7 +577,9 @@ LONG_RATES = (1e-6, 1e-6, 1e-6, 1e-6, 1e-8)
 
 
 def _long_tx3():
-    return lrr_optax.learning_rate_rates(1e-3, LONG_RATES, bounds=None, granularity="parameter")
+    return lrr_optax.learning_rate_rates(
+        1e-3, LONG_RATES, bounds=None, granularity="parameter", schedule="simultaneous"
+    )
 
 
 def _gradient(n):

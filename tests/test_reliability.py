@@ -217,7 +217,7 @@ def test_bounds_per_order():
 @pytest.mark.parametrize(
     "saved, now, match",
     [
-        (dict(schedule="cascade"), dict(), "schedule"),
+        (dict(schedule="simultaneous"), dict(), "schedule"),
         (dict(granularity="parameter"), dict(), "granularity"),
         (dict(), dict(granularity="global"), "granularity"),
         (dict(rule="additive"), dict(), "rule"),
