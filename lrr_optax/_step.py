@@ -49,12 +49,6 @@ def _usable_gradient(g):
     return jnp.where(jnp.isfinite(g * g), g, jnp.zeros_like(g))
 
 
-def _keep_finite(new, old):
-    if not jnp.issubdtype(jnp.asarray(new).dtype, jnp.inexact):
-        return new
-    return jnp.where(jnp.isfinite(new), new, old)
-
-
 def _value_at(value, count):
     return value(count) if callable(value) else value
 
@@ -114,12 +108,11 @@ def _unzip3(tree_of_triples, like):
 def _direction(config: Config, grads, state: LearningRateRatesState, params, extra):
     if config.direction is None:
         return grads, state.direction_state
-    directions, direction_state = config.direction.update(
-        grads, state.direction_state, params, **extra
-    )
-    # Whatever still overflows inside the direction's own statistics keeps its old value.
-    direction_state = jax.tree.map(_keep_finite, direction_state, state.direction_state)
-    return directions, direction_state
+    # No guard on the direction's own state: keeping its old value where the new one is not
+    # finite needs the old buffers after the direction has overwritten them in place, which
+    # cost a third of the step at 10M parameters on XLA:CPU. The gradients it sees are
+    # finite and square without overflow (``_usable_gradient``), which keeps Adam's finite.
+    return config.direction.update(grads, state.direction_state, params, **extra)
 
 
 def _hypergradients(config: Config, grads, state: LearningRateRatesState) -> list:
@@ -214,11 +207,12 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
     def trace(d, u_prev, e):
         # Other directions than the gradient may still overflow.
         d = _zero_nonfinite(d) if config.direction is not None else d
-        applied = jnp.asarray(scale).astype(e.dtype).astype(u_prev.dtype) * d.astype(u_prev.dtype)
-        if not (isinstance(config.horizon, float | int) and config.horizon == 0):
-            applied = (
-                applied + jnp.asarray(config.horizon).astype(e.dtype).astype(u_prev.dtype) * u_prev
-            )
+        dtype = u_prev.dtype
+        applied = jnp.asarray(scale).astype(e.dtype).astype(dtype) * d.astype(dtype)
+        # Read u_{n−1} even at γ = 0: a kernel that reads the buffer it replaces lets XLA
+        # write in place (measured: 11 % of the step at 10M parameters).
+        horizon = jnp.asarray(config.horizon).astype(e.dtype).astype(dtype)
+        applied = applied + horizon * u_prev
         return _after(applied, e)
 
     new_updates = jax.tree.map(step, eta0, directions, updates)

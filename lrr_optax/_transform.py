@@ -62,7 +62,7 @@ def learning_rate_rates(
     Non-finite numbers never enter the state: a NaN or inf gradient element, or one whose
     square overflows, is treated as zero (it moves neither its parameter nor its rates);
     a hypergradient or rule result that overflows leaves that rate unchanged for the step,
-    and a direction statistic that overflows keeps its previous value.
+    and a direction whose output is not finite moves nothing.
 
     Args:
       learning_rate: the initial η⁽⁰⁾ (a non-negative float or an array that broadcasts
