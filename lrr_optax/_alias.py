@@ -41,9 +41,9 @@ def lrr_sgd(
       rates: initial η⁽¹⁾ … η⁽ᵐ⁻¹⁾, then the fixed (or scheduled) top rate.
       momentum: the momentum decay μ, or ``None`` for plain SGD.
       nesterov: whether to use Nesterov momentum.
-      schedule, granularity, rule, clip, bounds, state_dtype, normalizer_decay,
-        normalizer_eps, warmup_steps, warmup_start, horizon: as in
-        :func:`learning_rate_rates`.
+      schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
+        ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
+        ``warmup_steps``, ``warmup_start`` and ``horizon``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -110,9 +110,9 @@ def lrr_adam(
       eps: added to the root of the second moment.
       eps_root: added inside the root.
       nesterov: whether to use the Nesterov variant (NAdam).
-      schedule, granularity, rule, clip, bounds, state_dtype, normalizer_decay,
-        normalizer_eps, warmup_steps, warmup_start, horizon: as in
-        :func:`learning_rate_rates`.
+      schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
+        ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
+        ``warmup_steps``, ``warmup_start`` and ``horizon``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -184,9 +184,9 @@ def lrr_adamw(
       weight_decay: the decoupled weight decay λ.
       mask: which parameters to decay, as in ``optax.add_decayed_weights``.
       nesterov: whether to use the Nesterov variant.
-      schedule, granularity, rule, clip, bounds, state_dtype, normalizer_decay,
-        normalizer_eps, warmup_steps, warmup_start, horizon: as in
-        :func:`learning_rate_rates`.
+      schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
+        ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
+        ``warmup_steps``, ``warmup_start`` and ``horizon``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
