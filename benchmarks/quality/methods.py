@@ -138,7 +138,7 @@ def library_rates(order: int, top: float | None = None) -> tuple:
 # Variants of the defaults at order 2, run in both directions: one line each.
 VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     (
-        "additive (seed)",
+        "additive (original)",
         {"rule": "additive", "rates": (1e-3, 1e-5), "granularity": "parameter", "clip": None},
     ),
     ("normalized", {"rule": "normalized", "rates": (1e-3, 1e-3), "clip": 1.0}),
