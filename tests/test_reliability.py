@@ -98,7 +98,8 @@ def test_float16_parameters_adapt_their_rates():
     params = {"w": jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float16)}
 
     def loss(p):
-        return jnp.sum((p["w"].astype(jnp.float32) - 0.5) ** 2)
+        # Small gradients, as deep in training: the rule's squared signal underflows float16.
+        return 1e-2 * jnp.sum((p["w"].astype(jnp.float32) - 0.5) ** 2)
 
     tx = lrr_optax.lrr_sgd(1e-2)
     state = tx.init(params)
@@ -109,7 +110,7 @@ def test_float16_parameters_adapt_their_rates():
     assert updates["w"].dtype == jnp.float16
     eta0 = float(state.etas[0]["w"])
     assert eta0 != pytest.approx(1e-2, rel=1e-3)
-    assert float(loss(params)) < 0.1
+    assert float(loss(params)) < float(loss({"w": jnp.linspace(-1.0, 1.0, 8, dtype=jnp.float16)}))
 
 
 # --- 5. complex parameters --------------------------------------------------------------------
