@@ -28,6 +28,7 @@ def lrr_sgd(
     warmup_steps: int = 100,
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
+    anneal_steps: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""SGD (optionally with momentum) with learning rates of learning rates.
 
@@ -43,7 +44,7 @@ def lrr_sgd(
       nesterov: whether to use Nesterov momentum.
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start`` and ``horizon``.
+        ``warmup_steps``, ``warmup_start``, ``horizon`` and ``anneal_steps``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -72,6 +73,7 @@ def lrr_sgd(
         warmup_steps=warmup_steps,
         warmup_start=warmup_start,
         horizon=horizon,
+        anneal_steps=anneal_steps,
     )
 
 
@@ -95,6 +97,7 @@ def lrr_adam(
     warmup_steps: int = 100,
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
+    anneal_steps: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam with learning rates of learning rates.
 
@@ -112,7 +115,7 @@ def lrr_adam(
       nesterov: whether to use the Nesterov variant (NAdam).
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start`` and ``horizon``.
+        ``warmup_steps``, ``warmup_start``, ``horizon`` and ``anneal_steps``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -142,6 +145,7 @@ def lrr_adam(
         warmup_steps=warmup_steps,
         warmup_start=warmup_start,
         horizon=horizon,
+        anneal_steps=anneal_steps,
     )
 
 
@@ -167,6 +171,7 @@ def lrr_adamw(
     warmup_steps: int = 100,
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
+    anneal_steps: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW with learning rates of learning rates.
 
@@ -186,7 +191,7 @@ def lrr_adamw(
       nesterov: whether to use the Nesterov variant.
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start`` and ``horizon``.
+        ``warmup_steps``, ``warmup_start``, ``horizon`` and ``anneal_steps``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -218,4 +223,5 @@ def lrr_adamw(
         warmup_steps=warmup_steps,
         warmup_start=warmup_start,
         horizon=horizon,
+        anneal_steps=anneal_steps,
     )

@@ -227,6 +227,7 @@ def parse(
     warmup,
     warmup_start,
     horizon,
+    anneal_steps=None,
 ) -> Config:
     """Check every option of :func:`learning_rate_rates` and resolve them into a config."""
     if isinstance(rates, str) or not isinstance(rates, Sequence) and not _is_array(rates):
@@ -246,6 +247,17 @@ def parse(
     _nonnegative("normalizer_decay", normalizer_decay, below=1.0)
     _nonnegative("normalizer_eps", normalizer_eps)
     _nonnegative("horizon", horizon, below=1.0)
+    if anneal_steps is not None:
+        if isinstance(anneal_steps, bool):
+            raise TypeError(
+                f"anneal_steps is a number of steps, e.g. 30, or None; got {anneal_steps}."
+            )
+        _nonnegative("anneal_steps", anneal_steps)
+        steps = _concrete(anneal_steps)
+        if steps is not None and steps < 1:
+            raise ValueError(
+                f"anneal_steps must be >= 1 (or None for no annealing), got {anneal_steps}."
+            )
     _nonnegative("warmup", warmup)
     if isinstance(warmup, float):
         raise TypeError(f"warmup is a number of steps and must be an int, got {warmup!r}.")
@@ -305,7 +317,12 @@ def parse(
         granularities=granularities,
         rules=tuple(
             _rules.RuleConfig.make(
-                rule, clips[j], *per_order_bounds[j], normalizer_decay, normalizer_eps
+                rule,
+                clips[j],
+                *per_order_bounds[j],
+                normalizer_decay,
+                normalizer_eps,
+                anneal_steps,
             )
             for j in range(order)
         ),

@@ -7,6 +7,7 @@ order is chained through (``docs/math.md``, "Rules"). Every rule is written as
     u = η·h (log-space rules) or h      # the signal
     s = u / (√v̂ + ε) (normalised) or u  # v̂: debiased EMA of u², held constant in the chain
     s = clip(s, −c, c)                   # optional
+    s = s·(1 + k/K)^(−1/2)               # optional annealing, k: steps this order has run
     R = η − ρ·s            (additive family)       α = −s
     R = η·exp(−ρ·s)        (log-space family)      α = −R·s
     R = clamp(R, lo, hi)                           α = 0 where clamped
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from ._dtypes import at_least_float32
@@ -41,12 +43,12 @@ class RuleConfig(NamedTuple):
     upper: float | None
     decay: Any  # β of the normaliser's EMA
     eps: Any  # ε added to the normaliser's root
+    anneal: Any = None  # K of the step's (1 + k/K)^(−1/2) decay, or None
 
     @classmethod
-    def make(cls, rule: Rule, clip, lower, upper, decay, eps) -> RuleConfig:
-        return cls(
-            rule, rule in LOG_SPACE_RULES, rule in NORMALIZED_RULES, clip, lower, upper, decay, eps
-        )
+    def make(cls, rule: Rule, clip, lower, upper, decay, eps, anneal=None) -> RuleConfig:
+        log_space, normalized = rule in LOG_SPACE_RULES, rule in NORMALIZED_RULES
+        return cls(rule, log_space, normalized, clip, lower, upper, decay, eps, anneal)
 
 
 def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
@@ -59,7 +61,7 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
       h: the raw hypergradient of this order, finite (non-finite entries already zeroed).
       second_moment: the normaliser's EMA of u², or ``None`` for rules without one.
       active_steps: k ≥ 1, the steps this order's hypergradient has existed; the EMA is
-        divided by ``1 − decay**k`` as in Adam.
+        divided by ``1 − decay**k`` as in Adam, and the annealing reads it.
 
     Returns:
       ``(new_eta, alpha, new_second_moment)``; ``alpha = ∂R/∂ρ`` and is zero where the
@@ -98,6 +100,13 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
     if config.clip is not None:
         clip = jnp.asarray(config.clip).astype(compute)
         step = jnp.clip(step, -clip, clip)
+
+    if config.anneal is not None:
+        # A scale-free step is ±1 whether the hypergradient is signal or noise, so log η
+        # diffuses like √n under noise; a Robbins–Monro decay of the step leaves a drift of
+        # order √n against a diffusion of order √log n.
+        k = jnp.asarray(active_steps).astype(compute)
+        step = step * jax.lax.rsqrt(1 + k / config.anneal)
 
     if config.log_space:
         new_eta = eta_c * jnp.exp(-rate * step)

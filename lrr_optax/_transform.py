@@ -29,6 +29,7 @@ def learning_rate_rates(
     warmup_steps: int = 100,
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
+    anneal_steps: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Descent along ``direction`` with learning rates that learn themselves, to order m.
 
@@ -99,6 +100,9 @@ def learning_rate_rates(
       warmup_start: the ramp's first factor, in (0, 1].
       horizon: γ in [0, 1), the discount of the trace u_n the hypergradient of η⁽⁰⁾
         looks back along; 0 is the one-step hypergradient.
+      anneal_steps: K of the rates' annealing: every adapted order's step (after the
+        clip) is multiplied by (1 + k/K)^(−1/2), k the steps that order has run, so that
+        under noise the rates settle instead of random-walking. ``None``: no annealing.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; its update is −s_n·η⁽⁰⁾ ⊙ d_n in the
@@ -144,5 +148,6 @@ def learning_rate_rates(
         warmup=warmup_steps,
         warmup_start=warmup_start,
         horizon=horizon,
+        anneal_steps=anneal_steps,
     )
     return _step.transformation(config)

@@ -49,6 +49,7 @@ class Rule(NamedTuple):
     upper: float | None = None
     decay: float = 0.99
     eps: float = 1e-30
+    anneal: int | None = None
 
 
 def rule_step(spec: Rule, eta, rho, h, v, k: int):
@@ -66,6 +67,8 @@ def rule_step(spec: Rule, eta, rho, h, v, k: int):
         s = u
     if spec.clip is not None:
         s = np.where(s.real > spec.clip, spec.clip, np.where(s.real < -spec.clip, -spec.clip, s))
+    if spec.anneal is not None:
+        s = s / np.sqrt(1.0 + k / spec.anneal)
     if spec.rule in LOG_RULES:
         new = eta * np.exp(-rho * s)
         alpha = -new * s

@@ -119,6 +119,7 @@ def check_against_oracle(
     problem_name="regression",
     rates=None,
     warmup_steps=WARMUP,
+    anneal_steps=None,
 ):
     """The library's rates follow the oracle's, and its h⁽ʲ⁾_N are ∂J(θ_N)/∂δ⁽ʲ⁾.
 
@@ -142,6 +143,7 @@ def check_against_oracle(
         normalizer_eps=EPS,
         warmup_steps=warmup_steps,
         warmup_start=WARMUP_START,
+        anneal_steps=anneal_steps,
     )
     hypergradients, lib_history = _library_run(problem_name, params, tx, steps)
     lower, upper = bounds or (None, None)
@@ -152,7 +154,7 @@ def check_against_oracle(
         rates=rates,
         schedule=schedule,
         granularities=granularities,
-        rules=[oracle.Rule(rule, clip, lower, upper, DECAY, EPS)] * order,
+        rules=[oracle.Rule(rule, clip, lower, upper, DECAY, EPS, anneal_steps)] * order,
         direction=direction_name,
         steps=steps,
         grad=_GRADS[problem_name],
@@ -190,6 +192,15 @@ def test_clip_keeps_the_chain_exact(schedule, rule):
     # stays the true derivative.
     clip = 1e-3 if rule == "additive" else 0.5
     check_against_oracle(3, schedule, ("parameter",) * 3, rule, "sgd", clip=clip)
+
+
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+@pytest.mark.parametrize("rule", RULES)
+def test_annealing_keeps_the_chain_exact(schedule, rule):
+    # K = 1 shrinks the steps by 1/√2 … 1/√(k+1) over the checked steps, with a clip that
+    # binds: the annealed rates follow the oracle and the chain stays the true derivative.
+    clip = 1e-3 if rule == "additive" else 0.5
+    check_against_oracle(3, schedule, ("parameter",) * 3, rule, "sgd", clip=clip, anneal_steps=1)
 
 
 # Per rule, rates and bounds under which, at the step whose α each order reads, some
