@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import lrr_optax
-from benchmarks.quality import cli, methods, metrics, report, runner, suite
+from benchmarks.quality import cli, methods, metrics, problems, report, runner, suite
 
 ROOT = Path(__file__).parent.parent
 
@@ -77,10 +77,15 @@ def test_methods_are_records_over_the_library_options():
     )
     assert methods.library_rates(3)[-1] == lrr_optax.DEFAULT_RATES[-1]
     quick = {"full": False, "seeds": 2}
-    order = [m for m in suite.all_methods(quick) if m.family == "order"]
-    others = len(suite.all_methods(quick)) - len(order)
-    expected = others * len(suite.problem_names(quick)) + len(order) * len(suite.ORDER_STUDY_QUICK)
+    every_quick = suite.all_methods(quick)
+    order = [m for m in every_quick if m.family == "order"]
+    core = [m for m in every_quick if m.family in ("default", "lr-free") or m.name == "adam"]
+    light = len(suite.problem_names(quick)) - len(problems.HEAVY)
+    expected = (len(every_quick) - len(order)) * light + len(order) * len(suite.ORDER_STUDY_QUICK)
+    expected += len(core) * len(problems.HEAVY)
     assert len(suite.jobs(quick)) == expected
+    heavy = {name for p, m in suite.jobs(quick) if p in problems.HEAVY for name in [m.name]}
+    assert heavy == {m.name for m in core} and "adam" in heavy and "lrr_adam (defaults)" in heavy
     roles = {suite.build_problem(p).role for p in ("rosenbrock", "diabetes")}
     assert roles == {"choose", "confirm"}
 

@@ -34,7 +34,8 @@ def jobs(options: dict[str, Any]) -> list[tuple[str, m.Method]]:
     """(problem, method) pairs. Quick mode runs the order study on the cheaper problems.
 
     ``options["methods"]``: keep only methods whose name starts with one of these (the
-    variants given on the command line are always kept).
+    variants given on the command line are always kept). On a heavy problem quick mode runs
+    only the core methods: tuned Adam, the defaults and the LR-free optimizers.
     """
     selected = options.get("methods")
     chosen = [
@@ -49,4 +50,11 @@ def jobs(options: dict[str, Any]) -> list[tuple[str, m.Method]]:
         for problem in problem_names(options)
         for method in chosen
         if method.family != "order" or options["full"] or problem in ORDER_STUDY_QUICK
+        if options["full"] or problem not in p.HEAVY or _core(method)
     ]
+
+
+def _core(method: m.Method) -> bool:
+    return method.family in ("default", "lr-free") or (
+        method.family == "optax" and method.direction == "adam"
+    )
