@@ -208,4 +208,4 @@ def test_speed_bytes_entry_point(tmp_path):
     assert "lrr m=2 casc additive parameter" in out
     text = (tmp_path / "speed_bytes.md").read_text()
     assert text.startswith("# Compiled bytes of one step against the byte model")
-    assert "| adam | 28 |" in text and "- simultaneous:" in text
+    assert "| adam | 28 |" in text and "- simultaneous, additive:" in text

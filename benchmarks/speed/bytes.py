@@ -73,6 +73,7 @@ def _row(config, size: int, grads) -> dict:
         "name": config.name,
         "order": config.order,
         "schedule": config.schedule,
+        "rule": config.rule,
         "model": models.model_floats(config) * itemsize,
         "hlo": analysis.bytes_moved / n,
         "copies": analysis.copies,
@@ -82,10 +83,14 @@ def _row(config, size: int, grads) -> dict:
     }
 
 
-def _increments(rows: list[dict], schedule: str) -> str:
-    """HLO bytes added by each order from m = 1 on, for one schedule."""
-    by_order = {r["order"]: r["hlo"] for r in rows if r["order"] == 1 or r["schedule"] == schedule}
-    orders = sorted(o for o in by_order if o >= 1)
+def _increments(rows: list[dict], schedule: str, rule: str) -> str:
+    """HLO bytes added by each order from m = 1 on, for one schedule and rule."""
+    by_order = {
+        r["order"]: r["hlo"]
+        for r in rows
+        if r["rule"] == rule and (r["order"] == 1 or r["schedule"] == schedule)
+    }
+    orders = sorted(by_order)
     steps = [by_order[b] - by_order[a] for a, b in zip(orders, orders[1:], strict=False)]
     return ", ".join(f"{s:.0f}" for s in steps) or "-"
 
@@ -109,7 +114,8 @@ def render(meta: dict, rows: list[dict]) -> str:
     if lrr:
         lines += ["", "HLO bytes added per order (from m = 1 on):", ""]
         for schedule in sorted({r["schedule"] for r in lrr}):
-            lines.append(f"- {schedule}: {_increments(lrr, schedule)}")
+            for rule in sorted({r["rule"] for r in lrr}):
+                lines.append(f"- {schedule}, {rule}: {_increments(lrr, schedule, rule)}")
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         r = rows[-1]
         print(
             f"{r['name']:<40} model {r['model']:4.0f} HLO {r['hlo']:6.1f} B/p "
-            f"copies {r['copies']} kernels {r['kernels']}",
+            f"copies {r['copies']} kernels {r['kernels']} temp {r['temp']:.1f} B/p",
             flush=True,
         )
     meta["wall_s"] = time.perf_counter() - start
