@@ -168,6 +168,7 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
     etas: list[Any] = [None] * config.order
     alphas: list[Any] = [None] * config.order
     moments: list[Any] = [None] * config.order
+    slots: list[Any] = [None] * config.order
     for j in reversed(range(config.order)):
         if j == config.order - 1:
             above, above_granularity = _value_at(config.top, count), "global"
@@ -185,23 +186,65 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
         def leaf_rule(eta, rate, h, v, rule=rule, active_steps=active_steps):
             return _rules.apply(rule, eta, rate, h, v, active_steps)
 
+        eta = state.etas[j]
+        if j + 1 < config.order and config.ring_sizes[j] == 1 and granularity == "parameter":
+            slots[j] = _one_slot_ring(leaf_rule, eta, above, hypergradients[j], moment)
+            eta = jax.tree.map(lambda e, ring: _after(e, _written(ring)), eta, slots[j])
         if moment is None:
             out = jax.tree.map(
-                lambda e, r, h, f=leaf_rule: f(e, r, h, None),
-                state.etas[j],
-                above,
-                hypergradients[j],
+                lambda e, r, h, f=leaf_rule: f(e, r, h, None), eta, above, hypergradients[j]
             )
         else:
-            out = jax.tree.map(leaf_rule, state.etas[j], above, hypergradients[j], moment)
+            out = jax.tree.map(leaf_rule, eta, above, hypergradients[j], moment)
         etas[j], alphas[j], moments[j] = _unzip3(out, state.etas[j])
-    return etas, alphas, moments
+        if slots[j] is not None and config.normalized and not rule.log_space:
+            # The old moment is read by the ring's and η's kernels: written after both.
+            moments[j] = jax.tree.map(_after, moments[j], etas[j])
+    return etas, alphas, moments, slots
 
 
-def _rings(config: Config, state: LearningRateRatesState, alphas) -> tuple:
+def _written(ring) -> jax.Array:
+    """A finite scalar that exists once ``ring`` is written, on XLA:CPU (else a constant).
+
+    A reduction is a kernel of its own that XLA neither fuses away nor recomputes, so the
+    new η that reads it is ordered after the ring's kernel, the other reader of the old
+    η. Other backends fuse the ring and η into one kernel and need no order.
+    """
+
+    def written(r):
+        return jnp.max(r, initial=0)  # ``initial``: a leaf may have no elements
+
+    def nothing(r):
+        return jnp.zeros((), r.dtype)
+
+    return jax.lax.platform_dependent(ring, cpu=written, default=nothing)
+
+
+def _one_slot_ring(leaf_rule, eta, above, h, moment):
+    """A one-slot ring holding this step's α, computed in the ring's shape.
+
+    So the rule's last operation writes the ring itself, which XLA then materialises
+    once; η read old by that kernel is overwritten in place only after it, ordered by
+    the new η's read of the ring (``_after``), where XLA:CPU would copy η otherwise.
+    """
+
+    def ring(e, r, g, v=None):
+        # A rate above of lower rank (a scalar, a broadcast array) broadcasts as it is.
+        r = r[None] if jnp.ndim(r) == jnp.ndim(e) else r
+        v = None if v is None else v[None]
+        return leaf_rule(e[None], r, g[None], v)[1]
+
+    if moment is None:
+        return jax.tree.map(ring, eta, above, h)
+    return jax.tree.map(ring, eta, above, h, moment)
+
+
+def _rings(config: Config, state: LearningRateRatesState, alphas, slots) -> tuple:
     """Each ring's slot ``count mod L_j`` takes this step's α⁽ʲ⁻¹⁾."""
     return tuple(
-        jax.tree.map(
+        slots[j - 1]
+        if slots[j - 1] is not None
+        else jax.tree.map(
             lambda ring, alpha, s=size: _ring_write(ring, alpha, state.count, s),
             state.alphas[j - 1],
             alphas[j - 1],
@@ -268,8 +311,8 @@ def _step(config: Config, updates, state, params=None, **extra_args):
         return new_updates, new_state, Hypergradients((), ())
 
     hypergradients = _hypergradients(config, updates, state)
-    etas, alphas, moments = _rates(config, state, hypergradients)
-    rings = _rings(config, state, alphas)
+    etas, alphas, moments, slots = _rates(config, state, hypergradients)
+    rings = _rings(config, state, alphas, slots)
     new_updates, prev_direction = _descent(config, etas[0], directions, updates, state)
     new_state = LearningRateRatesState(
         count=_next_count(count, config.period),
