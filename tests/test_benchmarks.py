@@ -204,3 +204,13 @@ def test_speed_entry_point(tmp_path):
     assert "| adam |" in text and "Command: `python -m benchmarks.speed --sizes 4K" in text
     records = json.loads((tmp_path / "raw" / "speed.json").read_text())["results"]
     assert {r["name"] for r in records} >= {"adam", "lrr m=0", "lrr m=1 additive parameter"}
+
+
+def test_speed_bytes_entry_point(tmp_path):
+    out = _python(
+        "benchmarks.speed.bytes", "--size", "4K", "--orders", "1-2", "--out", str(tmp_path)
+    )
+    assert "lrr m=2 casc additive parameter" in out
+    text = (tmp_path / "speed_bytes.md").read_text()
+    assert text.startswith("# Compiled bytes of one step against the byte model")
+    assert "| adam | 28 |" in text and "- simultaneous, additive:" in text
