@@ -28,7 +28,7 @@ def lrr_sgd(
     warmup_steps: int = 100,
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
-    anneal_steps: float | None = None,
+    anneal_steps: float | None = 30,
 ) -> optax.GradientTransformationExtraArgs:
     r"""SGD (optionally with momentum) with learning rates of learning rates.
 
@@ -97,7 +97,7 @@ def lrr_adam(
     warmup_steps: int = 100,
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
-    anneal_steps: float | None = None,
+    anneal_steps: float | None = 30,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam with learning rates of learning rates.
 
@@ -171,7 +171,7 @@ def lrr_adamw(
     warmup_steps: int = 100,
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
-    anneal_steps: float | None = None,
+    anneal_steps: float | None = 30,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW with learning rates of learning rates.
 

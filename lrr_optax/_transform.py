@@ -29,7 +29,7 @@ def learning_rate_rates(
     warmup_steps: int = 100,
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
-    anneal_steps: float | None = None,
+    anneal_steps: float | None = 30,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Descent along ``direction`` with learning rates that learn themselves, to order m.
 
@@ -102,7 +102,8 @@ def learning_rate_rates(
         looks back along; 0 is the one-step hypergradient.
       anneal_steps: K of the rates' annealing: every adapted order's step (after the
         clip) is multiplied by (1 + k/K)^(−1/2), k the steps that order has run, so that
-        under noise the rates settle instead of random-walking. ``None``: no annealing.
+        under noise the rates settle instead of random-walking. 30 by default; ``None``
+        turns it off.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; its update is −s_n·η⁽⁰⁾ ⊙ d_n in the

@@ -1,6 +1,5 @@
 """Shared problem registry for the tests: small losses that change every step."""
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -125,6 +124,7 @@ def _original(
         bounds=bounds,
         state_dtype=state_dtype,
         warmup_steps=0,
+        anneal_steps=None,
     )
 
 
@@ -142,11 +142,6 @@ def _factories():
             ),
             Factory("lrr_adam", lrr_optax.lrr_adam, {"learning_rate": 1e-3}),
             Factory("lrr_adamw", lrr_optax.lrr_adamw, {"learning_rate": 1e-3}),
-            Factory(
-                "lrr_adam_annealed",
-                functools.partial(lrr_optax.lrr_adam, anneal_steps=30),
-                {"learning_rate": 1e-3},
-            ),
             Factory("original", _original, {"learning_rate": 1e-2}),
         ]
     }

@@ -22,7 +22,12 @@ PROBLEM = PROBLEMS["regression"]
 # The original algorithm, whatever the shipped defaults are: tests of the recursion's mechanics
 # and of the anchors name it explicitly.
 ORIGINAL = dict(
-    granularity="parameter", rule="additive", clip=None, warmup_steps=0, schedule="simultaneous"
+    granularity="parameter",
+    rule="additive",
+    clip=None,
+    warmup_steps=0,
+    schedule="simultaneous",
+    anneal_steps=None,
 )
 
 
@@ -43,6 +48,7 @@ def test_order1_global_equals_baydin_sgd_hd():
         clip=None,
         bounds=None,
         warmup_steps=0,
+        anneal_steps=None,
     )
     _, state, trajectory, _ = train(tx, steps)
 
@@ -69,6 +75,7 @@ def test_order1_global_equals_baydin_adam_hd():
         clip=None,
         bounds=None,
         warmup_steps=0,
+        anneal_steps=None,
         direction=optax_promotion(optax.scale_by_adam(b1, b2, eps)),
     )
     _, state, trajectory, _ = train(tx, steps)
@@ -105,6 +112,7 @@ def test_cascade_global_equals_stacked_sgd_hyperoptimizers(height):
         clip=None,
         bounds=None,
         warmup_steps=0,
+        anneal_steps=None,
     )
     _, state, trajectory, _ = train(tx, steps)
 
@@ -432,6 +440,7 @@ def test_first_steps_of_each_rule_are_exact(rule, clip):
         normalizer_decay=beta,
         normalizer_eps=1e-30,
         warmup_steps=0,
+        anneal_steps=None,
     )
     records = _hooked_run(tx, 3)
     c = np.inf if clip is None else clip
@@ -507,7 +516,7 @@ def _mean_loss(params, batches=12):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64])
 def test_training_in_each_dtype(dtype, state_dtype):
     # No warm-up: 12 steps of a ramp from 1e-3 are below float16's resolution.
-    tx = _tx3(state_dtype=state_dtype, rule="normalized", warmup_steps=0)
+    tx = _tx3(state_dtype=state_dtype, rule="normalized", warmup_steps=0, anneal_steps=None)
     stored = jnp.dtype(state_dtype or dtype)
     # Rates, α and moments: at least float32 by default; the normaliser always.
     rates_dtype = jnp.dtype(state_dtype or (jnp.float64 if dtype == jnp.float64 else jnp.float32))

@@ -229,6 +229,7 @@ def test_bounds_keep_the_chain_exact(schedule, rule):
         rates=rates,
         # Without the ramp, so that the tuned bounds clamp some entries at the checked step.
         warmup_steps=0,
+        anneal_steps=None,
     )
     steps = len(history)
     for j in range(1, order):
