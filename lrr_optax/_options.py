@@ -227,7 +227,7 @@ def parse(
     warmup,
     warmup_start,
     horizon,
-    anneal_steps=None,
+    anneal_steps,
 ) -> Config:
     """Check every option of :func:`learning_rate_rates` and resolve them into a config."""
     if isinstance(rates, str) or not isinstance(rates, Sequence) and not _is_array(rates):

@@ -43,10 +43,10 @@ class RuleConfig(NamedTuple):
     upper: float | None
     decay: Any  # β of the normaliser's EMA
     eps: Any  # ε added to the normaliser's root
-    anneal: Any = None  # K of the step's (1 + k/K)^(−1/2) decay, or None
+    anneal: Any  # K of the step's (1 + k/K)^(−1/2) decay, or None
 
     @classmethod
-    def make(cls, rule: Rule, clip, lower, upper, decay, eps, anneal=None) -> RuleConfig:
+    def make(cls, rule: Rule, clip, lower, upper, decay, eps, anneal) -> RuleConfig:
         log_space, normalized = rule in LOG_SPACE_RULES, rule in NORMALIZED_RULES
         return cls(rule, log_space, normalized, clip, lower, upper, decay, eps, anneal)
 

@@ -21,13 +21,10 @@ from .problems import PROBLEMS, optax_promotion, train
 PROBLEM = PROBLEMS["regression"]
 # The original algorithm, whatever the shipped defaults are: tests of the recursion's mechanics
 # and of the anchors name it explicitly.
+# The recursion's steps as written: no warm-up ramp on them, no annealing of the rates' steps.
+PLAIN_STEPS = dict(warmup_steps=0, anneal_steps=None)
 ORIGINAL = dict(
-    granularity="parameter",
-    rule="additive",
-    clip=None,
-    warmup_steps=0,
-    schedule="simultaneous",
-    anneal_steps=None,
+    granularity="parameter", rule="additive", clip=None, schedule="simultaneous", **PLAIN_STEPS
 )
 
 
@@ -47,8 +44,7 @@ def test_order1_global_equals_baydin_sgd_hd():
         rule="additive",
         clip=None,
         bounds=None,
-        warmup_steps=0,
-        anneal_steps=None,
+        **PLAIN_STEPS,
     )
     _, state, trajectory, _ = train(tx, steps)
 
@@ -74,8 +70,7 @@ def test_order1_global_equals_baydin_adam_hd():
         rule="additive",
         clip=None,
         bounds=None,
-        warmup_steps=0,
-        anneal_steps=None,
+        **PLAIN_STEPS,
         direction=optax_promotion(optax.scale_by_adam(b1, b2, eps)),
     )
     _, state, trajectory, _ = train(tx, steps)
@@ -111,8 +106,7 @@ def test_cascade_global_equals_stacked_sgd_hyperoptimizers(height):
         rule="additive",
         clip=None,
         bounds=None,
-        warmup_steps=0,
-        anneal_steps=None,
+        **PLAIN_STEPS,
     )
     _, state, trajectory, _ = train(tx, steps)
 
@@ -439,8 +433,7 @@ def test_first_steps_of_each_rule_are_exact(rule, clip):
         bounds=None,
         normalizer_decay=beta,
         normalizer_eps=1e-30,
-        warmup_steps=0,
-        anneal_steps=None,
+        **PLAIN_STEPS,
     )
     records = _hooked_run(tx, 3)
     c = np.inf if clip is None else clip
@@ -516,7 +509,7 @@ def _mean_loss(params, batches=12):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64])
 def test_training_in_each_dtype(dtype, state_dtype):
     # No warm-up: 12 steps of a ramp from 1e-3 are below float16's resolution.
-    tx = _tx3(state_dtype=state_dtype, rule="normalized", warmup_steps=0, anneal_steps=None)
+    tx = _tx3(state_dtype=state_dtype, rule="normalized", **PLAIN_STEPS)
     stored = jnp.dtype(state_dtype or dtype)
     # Rates, α and moments: at least float32 by default; the normaliser always.
     rates_dtype = jnp.dtype(state_dtype or (jnp.float64 if dtype == jnp.float64 else jnp.float32))

@@ -398,7 +398,8 @@ def _f32(**arrays) -> dict:
     return {k: jnp.asarray(v, jnp.float32) for k, v in arrays.items()}
 
 
-QUICK = (
+# Every mode runs every problem; quick mode runs only the core methods on the heavy ones.
+NAMES = (
     "quadratic_deep",
     "noisy_quadratic",
     "rosenbrock",
@@ -410,7 +411,6 @@ QUICK = (
     "mnist1d_cnn",
     "char_transformer",
 )
-FULL = QUICK
 # Quick mode runs only the core methods on these (two cores: minutes per job).
 HEAVY = ("mnist1d_cnn", "char_transformer")
 BUILDERS: dict[str, Callable[[], Problem]] = {

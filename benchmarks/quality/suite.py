@@ -27,7 +27,7 @@ def all_methods(options: dict[str, Any]) -> list[m.Method]:
 
 
 def problem_names(options: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(options.get("problems") or (p.FULL if options["full"] else p.QUICK))
+    return tuple(options.get("problems") or p.NAMES)
 
 
 def jobs(options: dict[str, Any]) -> list[tuple[str, m.Method]]:
