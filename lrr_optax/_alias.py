@@ -29,6 +29,7 @@ def lrr_sgd(
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
     anneal_steps: float | None = 30,
+    spike_threshold: float | None = 5.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""SGD (optionally with momentum) with learning rates of learning rates.
 
@@ -44,7 +45,8 @@ def lrr_sgd(
       nesterov: whether to use Nesterov momentum.
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start``, ``horizon`` and ``anneal_steps``.
+        ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps`` and
+        ``spike_threshold``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -74,6 +76,7 @@ def lrr_sgd(
         warmup_start=warmup_start,
         horizon=horizon,
         anneal_steps=anneal_steps,
+        spike_threshold=spike_threshold,
     )
 
 
@@ -98,6 +101,7 @@ def lrr_adam(
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
     anneal_steps: float | None = 30,
+    spike_threshold: float | None = 5.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam with learning rates of learning rates.
 
@@ -115,7 +119,8 @@ def lrr_adam(
       nesterov: whether to use the Nesterov variant (NAdam).
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start``, ``horizon`` and ``anneal_steps``.
+        ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps`` and
+        ``spike_threshold``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -146,6 +151,7 @@ def lrr_adam(
         warmup_start=warmup_start,
         horizon=horizon,
         anneal_steps=anneal_steps,
+        spike_threshold=spike_threshold,
     )
 
 
@@ -172,6 +178,7 @@ def lrr_adamw(
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
     anneal_steps: float | None = 30,
+    spike_threshold: float | None = 5.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW with learning rates of learning rates.
 
@@ -191,7 +198,8 @@ def lrr_adamw(
       nesterov: whether to use the Nesterov variant.
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start``, ``horizon`` and ``anneal_steps``.
+        ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps`` and
+        ``spike_threshold``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -224,4 +232,5 @@ def lrr_adamw(
         warmup_start=warmup_start,
         horizon=horizon,
         anneal_steps=anneal_steps,
+        spike_threshold=spike_threshold,
     )

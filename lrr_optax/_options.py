@@ -228,6 +228,7 @@ def parse(
     warmup_start,
     horizon,
     anneal_steps,
+    spike_threshold,
 ) -> Config:
     """Check every option of :func:`learning_rate_rates` and resolve them into a config."""
     if isinstance(rates, str) or not isinstance(rates, Sequence) and not _is_array(rates):
@@ -257,6 +258,17 @@ def parse(
         if steps is not None and steps < 1:
             raise ValueError(
                 f"anneal_steps must be >= 1 (or None for no annealing), got {anneal_steps}."
+            )
+    if spike_threshold is not None:
+        if isinstance(spike_threshold, bool):
+            raise TypeError(
+                f"spike_threshold is a number, e.g. 5.0, or None; got {spike_threshold}."
+            )
+        _nonnegative("spike_threshold", spike_threshold)
+        if _concrete(spike_threshold) == 0:
+            raise ValueError(
+                "spike_threshold must be > 0 (it is compared with the normalised step; 5 by "
+                "default), or None to clip falls like rises; got 0."
             )
     _nonnegative("warmup", warmup)
     if isinstance(warmup, float):
@@ -323,6 +335,7 @@ def parse(
                 normalizer_decay,
                 normalizer_eps,
                 anneal_steps,
+                spike_threshold,
             )
             for j in range(order)
         ),

@@ -6,7 +6,7 @@ order is chained through (``docs/math.md``, "Rules"). Every rule is written as
 
     u = η·h (log-space rules) or h      # the signal
     s = u / (√v̂ + ε) (normalised) or u  # v̂: debiased EMA of u², held constant in the chain
-    s = clip(s, −c, c)                   # optional
+    s = clip(s, −c, c) + max(s − τ, 0)   # optional clip; τ ≥ c lets a fall through
     s = s·(1 + k/K)^(−1/2)               # optional annealing, k: steps this order has run
     R = η − ρ·s            (additive family)       α = −s
     R = η·exp(−ρ·s)        (log-space family)      α = −R·s
@@ -44,11 +44,12 @@ class RuleConfig(NamedTuple):
     decay: Any  # β of the normaliser's EMA
     eps: Any  # ε added to the normaliser's root
     anneal: Any  # K of the step's (1 + k/K)^(−1/2) decay, or None
+    spike: Any  # τ: the clipped step's excess over max(c, τ) lowers the rate, or None
 
     @classmethod
-    def make(cls, rule: Rule, clip, lower, upper, decay, eps, anneal) -> RuleConfig:
+    def make(cls, rule: Rule, clip, lower, upper, decay, eps, anneal, spike) -> RuleConfig:
         log_space, normalized = rule in LOG_SPACE_RULES, rule in NORMALIZED_RULES
-        return cls(rule, log_space, normalized, clip, lower, upper, decay, eps, anneal)
+        return cls(rule, log_space, normalized, clip, lower, upper, decay, eps, anneal, spike)
 
 
 def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
@@ -99,7 +100,15 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
 
     if config.clip is not None:
         clip = jnp.asarray(config.clip).astype(compute)
+        unclipped = step
         step = jnp.clip(step, -clip, clip)
+        if config.spike is not None:
+            # A hypergradient far outside its own history (s > τ, ~10 at most for the
+            # normalised rules) is an overshoot under way: a rate clipped to fall by
+            # e^(−ρc) a step falls slower than the loss blows up, so the excess passes.
+            # Rises stay clipped, and under noise s rarely exceeds τ.
+            threshold = jnp.maximum(jnp.asarray(config.spike).astype(compute), clip)
+            step = step + jnp.maximum(unclipped - threshold, 0)
 
     if config.anneal is not None:
         # A scale-free step is ±1 whether the hypergradient is signal or noise, so log η

@@ -30,6 +30,7 @@ def learning_rate_rates(
     warmup_start: float = 1e-3,
     horizon: float = 0.0,
     anneal_steps: float | None = 30,
+    spike_threshold: float | None = 5.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Descent along ``direction`` with learning rates that learn themselves, to order m.
 
@@ -104,6 +105,11 @@ def learning_rate_rates(
         clip) is multiplied by (1 + k/K)^(−1/2), k the steps that order has run, so that
         under noise the rates settle instead of random-walking. 30 by default; ``None``
         turns it off.
+      spike_threshold: τ of the clip's escape for falls: where the step s before the clip
+        exceeds max(c, τ), the excess is added to the clipped step, so a hypergradient far
+        outside its own history (an overshoot under way) lowers the rate at once instead
+        of by e^(−ρc) a step. Rises stay clipped. Only acts with a ``clip``; 5.0 by
+        default (the normalised rules' s stays below 10); ``None`` clips falls like rises.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; its update is −s_n·η⁽⁰⁾ ⊙ d_n in the
@@ -150,5 +156,6 @@ def learning_rate_rates(
         warmup_start=warmup_start,
         horizon=horizon,
         anneal_steps=anneal_steps,
+        spike_threshold=spike_threshold,
     )
     return _step.transformation(config)

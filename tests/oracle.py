@@ -12,7 +12,7 @@ The rules, per order j with ρ the rate above and h the raw hypergradient, eleme
 * normalised rules: ``v ← β v + (1−β) u²``, ``v̂ = v / (1 − β^k)`` with ``k ≥ 1`` the steps
   the order's hypergradient has existed, ``s = u / (√v̂ + ε)`` (0 where ``v̂ = 0``);
   other rules ``s = u``;
-* optional clip ``s ← clip(s, −c, c)``;
+* optional clip ``s ← clip(s, −c, c)``, plus ``max(s − max(c, τ), 0)`` with a spike τ;
 * additive family ``R = η − ρ s``, ``α = −s``; log family ``R = η exp(−ρ s)``, ``α = −R s``;
 * bounds: ``R`` clamped and ``α = 0`` where clamped; a non-finite ``R`` keeps η, ``α = 0``.
 
@@ -50,6 +50,7 @@ class Rule(NamedTuple):
     decay: float = 0.99
     eps: float = 1e-30
     anneal: int | None = None
+    spike: float | None = None
 
 
 def rule_step(spec: Rule, eta, rho, h, v, k: int):
@@ -66,7 +67,11 @@ def rule_step(spec: Rule, eta, rho, h, v, k: int):
     else:
         s = u
     if spec.clip is not None:
+        unclipped = s
         s = np.where(s.real > spec.clip, spec.clip, np.where(s.real < -spec.clip, -spec.clip, s))
+        if spec.spike is not None:
+            threshold = max(spec.spike, spec.clip)
+            s = s + np.where(unclipped.real > threshold, unclipped - threshold, 0.0)
     if spec.anneal is not None:
         s = s / np.sqrt(1.0 + k / spec.anneal)
     if spec.rule in LOG_RULES:

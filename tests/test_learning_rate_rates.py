@@ -21,8 +21,9 @@ from .problems import PROBLEMS, optax_promotion, train
 PROBLEM = PROBLEMS["regression"]
 # The original algorithm, whatever the shipped defaults are: tests of the recursion's mechanics
 # and of the anchors name it explicitly.
-# The recursion's steps as written: no warm-up ramp on them, no annealing of the rates' steps.
-PLAIN_STEPS = dict(warmup_steps=0, anneal_steps=None)
+# The recursion's steps as written: no warm-up ramp on them, no annealing of the rates' steps,
+# falls clipped like rises.
+PLAIN_STEPS = dict(warmup_steps=0, anneal_steps=None, spike_threshold=None)
 ORIGINAL = dict(
     granularity="parameter", rule="additive", clip=None, schedule="simultaneous", **PLAIN_STEPS
 )
@@ -313,6 +314,40 @@ def test_nonfinite_gradients_never_enter_the_state(rule, schedule):
         for j in range(2):
             assert np.any(rates[-1][j]["w"] != rates[9][j]["w"])
         assert PROBLEM.loss(params, 0) < PROBLEM.loss(initial, 0)
+
+
+@pytest.mark.parametrize("spike_threshold", [None, 5.0])
+def test_a_spike_lowers_the_rate_at_once(spike_threshold):
+    # Steady gradients raise η by the clipped step e^(ρc) at most; then the gradient flips
+    # and grows 1000-fold (an overshoot): with the spike threshold η falls by far more than
+    # the clip allows, without it by exactly the clip.
+    rho, clip = 0.05, 1.0
+    tx = lrr_optax.learning_rate_rates(
+        1e-2,
+        (rho,),
+        granularity="global",
+        clip=clip,
+        warmup_steps=0,
+        anneal_steps=None,
+        spike_threshold=spike_threshold,
+    )
+    params = jnp.ones(3, jnp.float32)
+    state = tx.init(params)
+    etas = []
+    # Long enough that the normaliser's debiasing lets a normalised step reach ~9 (its
+    # bound is √((1 − β^k)/(1 − β))).
+    steps = 200
+    for n in range(steps):
+        grad = jnp.full(3, -1000.0 if n == steps - 1 else 1.0, jnp.float32)
+        _, state = tx.update(grad, state, params)
+        etas.append(float(lrr_optax.learning_rates(state)[0]))
+    rises = np.diff(np.log(etas[:-1]))
+    assert np.all(rises <= rho * clip * (1 + 1e-5)) and np.all(rises > 0)
+    fall = np.log(etas[-1] / etas[-2])
+    if spike_threshold is None:
+        np.testing.assert_allclose(fall, -rho * clip, rtol=1e-5)
+    else:
+        assert fall < -rho * 3
 
 
 def test_overflowing_hypergradient_keeps_the_rate():

@@ -120,6 +120,7 @@ def check_against_oracle(
     rates=None,
     warmup_steps=WARMUP,
     anneal_steps=None,
+    spike_threshold=None,
 ):
     """The library's rates follow the oracle's, and its h⁽ʲ⁾_N are ∂J(θ_N)/∂δ⁽ʲ⁾.
 
@@ -144,6 +145,7 @@ def check_against_oracle(
         warmup_steps=warmup_steps,
         warmup_start=WARMUP_START,
         anneal_steps=anneal_steps,
+        spike_threshold=spike_threshold,
     )
     hypergradients, lib_history = _library_run(problem_name, params, tx, steps)
     lower, upper = bounds or (None, None)
@@ -154,7 +156,8 @@ def check_against_oracle(
         rates=rates,
         schedule=schedule,
         granularities=granularities,
-        rules=[oracle.Rule(rule, clip, lower, upper, DECAY, EPS, anneal_steps)] * order,
+        rules=[oracle.Rule(rule, clip, lower, upper, DECAY, EPS, anneal_steps, spike_threshold)]
+        * order,
         direction=direction_name,
         steps=steps,
         grad=_GRADS[problem_name],
@@ -201,6 +204,24 @@ def test_annealing_keeps_the_chain_exact(schedule, rule):
     # binds: the annealed rates follow the oracle and the chain stays the true derivative.
     clip = 1e-3 if rule == "additive" else 0.5
     check_against_oracle(3, schedule, ("parameter",) * 3, rule, "sgd", clip=clip, anneal_steps=1)
+
+
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+@pytest.mark.parametrize("rule", RULES)
+def test_spike_keeps_the_chain_exact(schedule, rule):
+    # A spike threshold just above a binding clip: some falls pass it, and the rates
+    # still follow the oracle with the chain the true derivative.
+    clip = 1e-3 if rule in ("additive", "multiplicative") else 0.5
+    spiked = check_against_oracle(
+        3, schedule, ("parameter",) * 3, rule, "sgd", clip=clip, spike_threshold=1.2 * clip
+    )
+    clipped = check_against_oracle(3, schedule, ("parameter",) * 3, rule, "sgd", clip=clip)
+    # The threshold binds somewhere, or this test would not test it.
+    assert any(
+        not np.allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=0)
+        for spiked_etas, clipped_etas in zip(spiked, clipped, strict=True)
+        for a, b in zip(jax.tree.leaves(spiked_etas), jax.tree.leaves(clipped_etas), strict=True)
+    )
 
 
 # Per rule, rates and bounds under which, at the step whose α each order reads, some
