@@ -152,11 +152,12 @@ def _hypergradients(config: Config, grads, state: LearningRateRatesState) -> lis
             lambda ring, s=size: _ring_read(ring, state.count, s), state.alphas[j - 1]
         )
         chained = jax.tree.map(jnp.multiply, hypergradients[j - 1], alpha_old)
-        granularities = config.granularities[j - 1 : j + 1]
-        h = _reduce(chained, *granularities, state.etas[j])
         if _chained_in_order(config):
-            h = jax.tree.map(_materialised, h, h)  # finite: _reduce
-        hypergradients.append(h)
+            # Before ``_reduce``'s guard, which zeroes the NaN of an infinite product, and
+            # which keeps a rule's division from merging with this one.
+            chained = jax.tree.map(_materialised, chained, chained)
+        granularities = config.granularities[j - 1 : j + 1]
+        hypergradients.append(_reduce(chained, *granularities, state.etas[j]))
     return hypergradients
 
 
@@ -175,9 +176,10 @@ def _materialised(x, finite) -> jax.Array:
     Each kernel that reads a cheap elementwise producer recomputes it, so every consumer
     of h⁽ʲ⁾ would read every ring slot below it (superlinear traffic) and a new η would
     be recomputed from the old one it overwrites (a copy). XLA does not duplicate a
-    division into consumers; one by 1 + 0·f, f finite (a hypergradient), is exact and
-    not folded (0·f is NaN for an infinite f). A divisor broadcast from a scalar would
-    be rewritten into a multiplication, which is duplicated again.
+    division into consumers; one by 1 + 0·f is exact where f is finite (NaN elsewhere)
+    and is not folded (0·f is NaN for an infinite f). A divisor broadcast from a scalar
+    would be rewritten into a multiplication, which is duplicated again, and so would a
+    division that another one divides (XLA merges (a / b) / c into a / (b·c)).
     """
 
     def divided(x, f):
@@ -293,8 +295,8 @@ def _rates_in_order(config: Config, state: LearningRateRatesState, hypergradient
         # Materialised, so that the kernels after it read it instead of recomputing it
         # from the old η it overwrites.
         etas[j] = previous = jax.tree.map(_materialised, eta, hypergradients[j])
-        if config.normalized:
-            # The old moment is read by the ring's and η's kernels: written after both.
+        if config.normalized and config.ring_sizes[j : j + 1] == (1,):
+            # The one-slot ring's kernel reads the old moment: written after it.
             moments[j] = jax.tree.map(_after, moments[j], etas[j])
     return etas, alphas, moments, rings
 
