@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["size"] = size
     start = time.perf_counter()
     grads = measure.gradients(size)
+    path = os.path.join(args.out, f"{args.name}.md")
     rows = []
     for config in _configs(args):
         rows.append(_row(config, size, grads, args.compile_repeats))
@@ -212,11 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             f"peak {r['peak']:.1f} B/p compile {r['compile_s']:.2f} s",
             flush=True,
         )
-    meta["wall_s"] = time.perf_counter() - start
-    meta["load_end"] = _common.load_average()
-    path = os.path.join(args.out, f"{args.name}.md")
-    with open(path, "w") as report:
-        report.write(render(meta, rows))
+        # Rewritten after each row, so a run cut short (a lent GPU's time) leaves its rows.
+        meta["wall_s"] = time.perf_counter() - start
+        meta["load_end"] = _common.load_average()
+        with open(path, "w") as report:
+            report.write(render(meta, rows))
     print(f"wrote {path}")
     return 0
 
