@@ -265,6 +265,25 @@ def _rates_in_order(config: Config, state: LearningRateRatesState, hypergradient
         def leaf_rule(eta, rate, h, v, rule=config.rules[j], active_steps=active_steps):
             return _rules.apply(rule, eta, rate, h, v, active_steps)
 
+        token = jax.tree.map(_on_cpu, previous)
+        if j + 1 < order:
+            size = config.ring_sizes[j]
+            # α in a slot's shape: a computation of its own, which XLA does not merge with
+            # η's, so that neither kernel reads a temporary of the other (measured).
+            slot = _one_slot_ring(leaf_rule, state.etas[j], above, hypergradients[j], moment)
+            slot = jax.tree.map(lambda r, t: _after(r, t[None]), slot, token)
+            # The debug hook reports the α the ring holds (XLA may round the two
+            # computations of it differently).
+            alphas[j] = jax.tree.map(lambda r: r[0], slot)
+            if size == 1:
+                rings[j] = slot
+                token = jax.tree.map(_written, slot)
+            else:
+                rings[j] = jax.tree.map(
+                    lambda r, a, s=size: _ring_write(r, a[0], count, s), state.alphas[j], slot
+                )
+                # Any slot of the new ring is finite; reading one orders η after the write.
+                token = jax.tree.map(lambda r: _on_cpu(r[0]), rings[j])
         if moment is None:
             out = jax.tree.map(
                 lambda e, r, h, f=leaf_rule: f(e, r, h, None),
@@ -272,32 +291,19 @@ def _rates_in_order(config: Config, state: LearningRateRatesState, hypergradient
                 above,
                 hypergradients[j],
             )
-        else:
-            out = jax.tree.map(leaf_rule, state.etas[j], above, hypergradients[j], moment)
-        eta, alphas[j], moments[j] = _unzip3(out, state.etas[j])
-        if j + 1 < order:
-            size = config.ring_sizes[j]
-            if size == 1:
-                ring = _one_slot_ring(leaf_rule, state.etas[j], above, hypergradients[j], moment)
-                ring = jax.tree.map(lambda r, p: _after(r, _on_cpu(p)[None]), ring, previous)
-                token = jax.tree.map(_written, ring)
-            else:
-                alpha = jax.tree.map(lambda a, p: _after(a, _on_cpu(p)), alphas[j], previous)
-                ring = jax.tree.map(
-                    lambda r, a, s=size: _ring_write(r, a, count, s), state.alphas[j], alpha
-                )
-                # Any slot of the new ring is finite; reading one orders η after the write.
-                token = jax.tree.map(lambda r: _on_cpu(r[0]), ring)
-            rings[j] = ring
+            eta, alpha, moments[j] = _unzip3(out, state.etas[j])
             eta = jax.tree.map(_after, eta, token)
         else:
-            eta = jax.tree.map(lambda e, p: _after(e, _on_cpu(p)), eta, previous)
+            # The new moment, which η's kernel reads, is written in place once the ring's
+            # kernel has read the old one; η is then ordered after the ring through it.
+            moment = jax.tree.map(_after, moment, token)
+            out = jax.tree.map(leaf_rule, state.etas[j], above, hypergradients[j], moment)
+            eta, alpha, moments[j] = _unzip3(out, state.etas[j])
+        if alphas[j] is None:
+            alphas[j] = alpha
         # Materialised, so that the kernels after it read it instead of recomputing it
         # from the old η it overwrites.
         etas[j] = previous = jax.tree.map(_materialised, eta, hypergradients[j])
-        if config.normalized and config.ring_sizes[j : j + 1] == (1,):
-            # The one-slot ring's kernel reads the old moment: written after it.
-            moments[j] = jax.tree.map(_after, moments[j], etas[j])
     return etas, alphas, moments, rings
 
 
