@@ -152,30 +152,40 @@ def _hypergradients(config: Config, grads, state: LearningRateRatesState) -> lis
             lambda ring, s=size: _ring_read(ring, state.count, s), state.alphas[j - 1]
         )
         chained = jax.tree.map(jnp.multiply, hypergradients[j - 1], alpha_old)
-        if _chained_in_order(config):
-            # Before ``_reduce``'s guard, which zeroes the NaN of an infinite product, and
-            # which keeps a rule's division from merging with this one.
+        # h⁽ʲ⁾ is written once and read by its consumers (``_materialised``), except where
+        # order j's rule divides h itself (the normalised additive rule): XLA would merge
+        # that division with ``_materialised``'s and its kernels read the product again.
+        # The simultaneous step, whose ordering needs h written once, then materialises
+        # the product before ``_reduce``'s guard (which zeroes the NaN of an infinite
+        # one); cascade does better without. Chosen by measurement (speed_issue13.md).
+        divides_h = config.rules[j].normalized and not config.rules[j].log_space
+        if divides_h and _chained_in_order(config):
             chained = jax.tree.map(_materialised, chained, chained)
         granularities = config.granularities[j - 1 : j + 1]
-        hypergradients.append(_reduce(chained, *granularities, state.etas[j]))
+        h = _reduce(chained, *granularities, state.etas[j])
+        if _per_parameter(config) and not divides_h:
+            h = jax.tree.map(_materialised, h, h)
+        hypergradients.append(h)
     return hypergradients
+
+
+def _per_parameter(config: Config) -> bool:
+    """Whether every adapted order has per-parameter rates (and there are two or more)."""
+    return config.order >= 2 and all(g == "parameter" for g in config.granularities)
 
 
 def _chained_in_order(config: Config) -> bool:
     """Whether the simultaneous step's kernels are chained in one order (``_rates``)."""
-    return (
-        config.schedule == "simultaneous"
-        and config.order >= 2
-        and all(g == "parameter" for g in config.granularities)
-    )
+    return config.schedule == "simultaneous" and _per_parameter(config)
 
 
 def _materialised(x, finite) -> jax.Array:
     """``x``, which XLA:CPU then writes once to a buffer of its own, on CPU only.
 
     Each kernel that reads a cheap elementwise producer recomputes it, so every consumer
-    of h⁽ʲ⁾ would read every ring slot below it (superlinear traffic) and a new η would
-    be recomputed from the old one it overwrites (a copy). XLA does not duplicate a
+    of h⁽ʲ⁾ would read every ring slot below it (traffic quadratic in m, and readers of a
+    slot its writer cannot wait for) and a new η would be recomputed from the old one it
+    overwrites (a copy). XLA does not duplicate a
     division into consumers; one by 1 + 0·f is exact where f is finite (NaN elsewhere)
     and is not folded (0·f is NaN for an infinite f). A divisor broadcast from a scalar
     would be rewritten into a multiplication, which is duplicated again, and so would a
