@@ -185,11 +185,11 @@ def _materialised(x, finite) -> jax.Array:
     Each kernel that reads a cheap elementwise producer recomputes it, so every consumer
     of h⁽ʲ⁾ would read every ring slot below it (traffic quadratic in m, and readers of a
     slot its writer cannot wait for) and a new η would be recomputed from the old one it
-    overwrites (a copy). XLA does not duplicate a
-    division into consumers; one by 1 + 0·f is exact where f is finite (NaN elsewhere)
-    and is not folded (0·f is NaN for an infinite f). A divisor broadcast from a scalar
-    would be rewritten into a multiplication, which is duplicated again, and so would a
-    division that another one divides (XLA merges (a / b) / c into a / (b·c)).
+    overwrites (a copy). XLA does not duplicate a division into consumers; one by
+    1 + 0·f is exact where f is finite (NaN elsewhere) and is not folded (0·f is NaN for
+    an infinite f). A divisor broadcast from a scalar would be rewritten into a
+    multiplication, which is duplicated again, and so would a division that another one
+    divides (XLA merges (a / b) / c into a / (b·c)).
     """
 
     def divided(x, f):
