@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# GPU check of lrr_optax: a subset of the autodiff oracle tests in float64 on the GPU, and
-# the speed table (reduced) with the roofline of a device-to-device copy measured there.
+# GPU check of lrr_optax: a subset of the autodiff oracle tests in float64 on the GPU, the
+# compiled bytes, compile time and memory of every per-parameter step (m = 1-6, both
+# schedules, every rule; the checks of issue 13, no step run), and the speed table
+# (reduced) with the roofline of a device-to-device copy measured there.
 #
 # Run from the repository root on a machine with an NVIDIA GPU:
 #
 #     OUT=some/folder bash benchmarks/gpu_check.sh
 #
-# Results: $OUT/gpu_check.log (everything printed), $OUT/speed_gpu.md and speed_gpu.json.
+# Results: $OUT/gpu_check.log (everything printed), $OUT/speed_bytes_gpu.md, and
+# $OUT/speed_gpu.md and speed_gpu.json.
 # It uses the jax already installed when it sees a GPU; otherwise it installs jax with
 # CUDA from wheels in .whl/ (a machine without network: download them elsewhere with
 # `pip download --only-binary=:all: -d .whl "jax[cuda13]"`, or cuda12), else from PyPI.
 # The package itself is used from the working tree (PYTHONPATH), not installed.
-# Budget: about 2 min for the tests and 5 min for the table on an H200.
+# Budget: about 2 min for the tests, 4 for the compiled figures and 5 for the table on an
+# H200.
 set -uo pipefail
 
 OUT="${OUT:-benchmarks/results/gpu}"
@@ -52,6 +56,12 @@ has_gpu() {
     timeout 300 "$PY" -m pytest -q -x -p no:cacheprovider -o addopts=-ra \
         tests/test_oracle.py -k "m2 and cascade"
     echo "oracle exit status: $?"
+
+    echo "== compiled bytes, compile time and memory per parameter (no step run)"
+    timeout 240 "$PY" -m benchmarks.speed.bytes --compile-repeats 2 \
+        --rules additive,normalized,multiplicative,log_normalized \
+        --out "$OUT" --name speed_bytes_gpu
+    echo "bytes exit status: $?"
 
     echo "== speed table (reduced)"
     timeout 420 "$PY" -m benchmarks.speed --cpu none --sizes 10M,50M --orders 0-3,6 \

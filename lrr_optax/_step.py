@@ -152,9 +152,50 @@ def _hypergradients(config: Config, grads, state: LearningRateRatesState) -> lis
             lambda ring, s=size: _ring_read(ring, state.count, s), state.alphas[j - 1]
         )
         chained = jax.tree.map(jnp.multiply, hypergradients[j - 1], alpha_old)
+        # h⁽ʲ⁾ is written once and read by its consumers (``_materialised``), except where
+        # order j's rule divides h itself (the normalised additive rule): XLA would merge
+        # that division with ``_materialised``'s and its kernels read the product again.
+        # The simultaneous step, whose ordering needs h written once, then materialises
+        # the product before ``_reduce``'s guard (which zeroes the NaN of an infinite
+        # one); cascade does better without. Chosen by measurement (speed_issue13.md).
+        divides_h = config.rules[j].normalized and not config.rules[j].log_space
+        if divides_h and _chained_in_order(config):
+            chained = jax.tree.map(_materialised, chained, chained)
         granularities = config.granularities[j - 1 : j + 1]
-        hypergradients.append(_reduce(chained, *granularities, state.etas[j]))
+        h = _reduce(chained, *granularities, state.etas[j])
+        if _per_parameter(config) and not divides_h:
+            h = jax.tree.map(_materialised, h, h)
+        hypergradients.append(h)
     return hypergradients
+
+
+def _per_parameter(config: Config) -> bool:
+    """Whether every adapted order has per-parameter rates (and there are two or more)."""
+    return config.order >= 2 and all(g == "parameter" for g in config.granularities)
+
+
+def _chained_in_order(config: Config) -> bool:
+    """Whether the simultaneous step's kernels are chained in one order (``_rates``)."""
+    return config.schedule == "simultaneous" and _per_parameter(config)
+
+
+def _materialised(x, finite) -> jax.Array:
+    """``x``, which XLA:CPU then writes once to a buffer of its own, on CPU only.
+
+    Each kernel that reads a cheap elementwise producer recomputes it, so every consumer
+    of h⁽ʲ⁾ would read every ring slot below it (traffic quadratic in m, and readers of a
+    slot its writer cannot wait for) and a new η would be recomputed from the old one it
+    overwrites (a copy). XLA does not duplicate a division into consumers; one by
+    1 + 0·f is exact where f is finite (NaN elsewhere) and is not folded (0·f is NaN for
+    an infinite f). A divisor broadcast from a scalar would be rewritten into a
+    multiplication, which is duplicated again, and so would a division that another one
+    divides (XLA merges (a / b) / c into a / (b·c)).
+    """
+
+    def divided(x, f):
+        return x / (1 + 0 * f).astype(x.dtype)
+
+    return jax.lax.platform_dependent(x, finite, cpu=divided, default=lambda x, f: x)
 
 
 def _reduce(tree, source, target, like_eta):
@@ -164,6 +205,8 @@ def _reduce(tree, source, target, like_eta):
 
 def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tuple:
     """The new η⁽ʲ⁾, α⁽ʲ⁾ and normaliser moments, top order first."""
+    if _chained_in_order(config):
+        return _rates_in_order(config, state, hypergradients)
     count = state.count
     etas: list[Any] = [None] * config.order
     alphas: list[Any] = [None] * config.order
@@ -201,6 +244,86 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
             # The old moment is read by the ring's and η's kernels: written after both.
             moments[j] = jax.tree.map(_after, moments[j], etas[j])
     return etas, alphas, moments, slots
+
+
+def _rates_in_order(config: Config, state: LearningRateRatesState, hypergradients) -> tuple:
+    """The simultaneous rates as one chain of kernels: α⁽⁰⁾, η⁽⁰⁾, α⁽¹⁾, η⁽¹⁾, … η⁽ᵐ⁻¹⁾.
+
+    The ring kernel of order j reads the old η⁽ʲ⁺¹⁾ that order j+1's rate overwrites,
+    which in turn reads the ring slot the first one overwrites: a cycle, which XLA:CPU
+    broke by copying buffers, more of them at each order. With each h⁽ʲ⁾ materialised
+    (``_materialised``) the rings' old slots are read once, before any ring is written;
+    then each kernel reads one value the previous one wrote (``_after``), so every
+    buffer is overwritten after its last reader and none is copied.
+    """
+    count = state.count
+    order = config.order
+    etas: list[Any] = [None] * order
+    alphas: list[Any] = [None] * order
+    moments: list[Any] = [None] * order
+    rings: list[Any] = [None] * order
+    # The top hypergradient is computed once every ring's old slot has been read.
+    previous = hypergradients[-1]
+    for j in range(order):
+        above = _value_at(config.top, count) if j == order - 1 else state.etas[j + 1]
+        above = gr.expand(
+            above, "global" if j == order - 1 else "parameter", "parameter", state.etas[j]
+        )
+        active_steps = jnp.maximum(count - (config.first_active_step(j) - 1), 1)
+        moment = state.second_moments[j] if config.normalized else None
+
+        def leaf_rule(eta, rate, h, v, rule=config.rules[j], active_steps=active_steps):
+            return _rules.apply(rule, eta, rate, h, v, active_steps)
+
+        token = jax.tree.map(_on_cpu, previous)
+        if j + 1 < order:
+            size = config.ring_sizes[j]
+            # α in a slot's shape: a computation of its own, which XLA does not merge with
+            # η's, so that neither kernel reads a temporary of the other (measured).
+            slot = _one_slot_ring(leaf_rule, state.etas[j], above, hypergradients[j], moment)
+            slot = jax.tree.map(lambda r, t: _after(r, t[None]), slot, token)
+            # The debug hook reports the α the ring holds (XLA may round the two
+            # computations of it differently).
+            alphas[j] = jax.tree.map(lambda r: r[0], slot)
+            if size == 1:
+                rings[j] = slot
+                token = jax.tree.map(_written, slot)
+            else:
+                rings[j] = jax.tree.map(
+                    lambda r, a, s=size: _ring_write(r, a[0], count, s), state.alphas[j], slot
+                )
+                # Any slot of the new ring is finite; reading one orders η after the write.
+                token = jax.tree.map(lambda r: _on_cpu(r[0]), rings[j])
+        if moment is None:
+            out = jax.tree.map(
+                lambda e, r, h, f=leaf_rule: f(e, r, h, None),
+                state.etas[j],
+                above,
+                hypergradients[j],
+            )
+            eta, alpha, moments[j] = _unzip3(out, state.etas[j])
+            eta = jax.tree.map(_after, eta, token)
+        else:
+            # The new moment, which η's kernel reads, is written in place once the ring's
+            # kernel has read the old one; η is then ordered after the ring through it.
+            moment = jax.tree.map(_after, moment, token)
+            out = jax.tree.map(leaf_rule, state.etas[j], above, hypergradients[j], moment)
+            eta, alpha, moments[j] = _unzip3(out, state.etas[j])
+        if alphas[j] is None:
+            alphas[j] = alpha
+        # Materialised, so that the kernels after it read it instead of recomputing it
+        # from the old η it overwrites.
+        etas[j] = previous = jax.tree.map(_materialised, eta, hypergradients[j])
+    return etas, alphas, moments, rings
+
+
+def _on_cpu(dependency) -> jax.Array:
+    """``dependency`` on XLA:CPU, zeros elsewhere: an ``_after`` that other backends drop.
+
+    The orderings by data are for XLA:CPU's copy insertion; elsewhere (not measured)
+    reading the dependency would only add its bytes to the kernel.
+    """
+    return jax.lax.platform_dependent(dependency, cpu=lambda d: d, default=jnp.zeros_like)
 
 
 def _written(ring) -> jax.Array:
