@@ -67,6 +67,11 @@ class Config:
         return 1 + j * (j + 1) // 2
 
 
+def value_at(value, count):
+    """A rate given as a number, an array or a schedule, at step ``count``."""
+    return value(count) if callable(value) else value
+
+
 def _concrete(value) -> float | None:
     """``value`` as a Python float when it is a concrete real scalar, else ``None``."""
     if isinstance(value, bool):

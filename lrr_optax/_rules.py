@@ -13,7 +13,8 @@ order is chained through (``docs/math.md``, "Rules"). Every rule is written as
     R = clamp(R, lo, hi)                           α = 0 where clamped
 
 so clipping, normalising and bounds change how a rate moves and never the chain itself.
-All functions here are elementwise on one leaf; the transformation maps them over trees.
+A rule is elementwise on one leaf; the transformation maps it over trees and splits the
+results (:func:`unzip3`).
 """
 
 from __future__ import annotations
@@ -143,3 +144,14 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
     new_eta = jnp.where(finite, new_eta, eta)
     alpha = jnp.where(finite, alpha, jnp.zeros_like(alpha))
     return new_eta, alpha, new_second_moment
+
+
+def unzip3(tree_of_triples, like):
+    """Split a tree whose leaves became 3-tuples into three trees shaped like ``like``.
+
+    :func:`apply` mapped over a tree gives one ``(new_eta, alpha, new_second_moment)`` per
+    leaf; this gives the three trees.
+    """
+    treedef = jax.tree.structure(like)
+    leaves = treedef.flatten_up_to(tree_of_triples)
+    return tuple(treedef.unflatten([leaf[i] for leaf in leaves]) for i in range(3))

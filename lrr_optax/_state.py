@@ -1,4 +1,5 @@
-"""The state of :func:`learning_rate_rates`: its fields, how it starts, and how it is checked."""
+"""The state of :func:`learning_rate_rates`: its fields, how it starts, how its α rings are
+indexed, and how it is checked."""
 
 from __future__ import annotations
 
@@ -121,6 +122,20 @@ def init(config: Config, params) -> LearningRateRatesState:
     return LearningRateRatesState(
         count, etas, alphas, second_moments, direction_state, prev_direction
     )
+
+
+def ring_read(ring, count, size: int):
+    """The slot ``count mod size`` of an α ring."""
+    if size == 1:
+        return ring[0]
+    return jax.lax.dynamic_index_in_dim(ring, count % size, axis=0, keepdims=False)
+
+
+def ring_write(ring, value, count, size: int):
+    """The ring with ``value`` in its slot ``count mod size``."""
+    if size == 1:
+        return value[None]
+    return jax.lax.dynamic_update_index_in_dim(ring, value, count % size, axis=0)
 
 
 def _check_rate_shape(value, params, config: Config) -> None:

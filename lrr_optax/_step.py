@@ -14,7 +14,8 @@ One step n, with g_n the incoming gradient, d_n = D(g_n) the direction, s_n the 
    \text{update}_n &= -s_n\, \eta^{(0)} \odot d_n .
 
 The step below runs these as named phases: direction, hypergradients, rates, rings, descent.
-``docs/math.md`` derives them and defines what "exact" means for each option.
+``docs/math.md`` derives them and defines what "exact" means for each option; the order in
+which XLA:CPU writes the rates' buffers, so that it copies none, is ``_ordering``'s.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import jax.numpy as jnp
 import optax
 
 from . import _granularity as gr
-from . import _rules, _state
+from . import _ordering, _rules, _state
 from ._dtypes import promote
-from ._options import Config
+from ._options import Config, value_at
 from ._state import Hypergradients, LearningRateRatesState
 
 # The debug hook's seam: each update function built here, mapped to the step that also
@@ -64,13 +65,9 @@ def _where_usable(g, value):
     return jnp.where(_usable(g), value, jnp.zeros_like(value))
 
 
-def _value_at(value, count):
-    return value(count) if callable(value) else value
-
-
 def _envelope(config: Config, count, dtype) -> jax.Array | float:
     """s_n: the user's schedule times the safe start's geometric ramp (in ``dtype``)."""
-    scale = _value_at(config.envelope, count) if config.envelope is not None else 1.0
+    scale = value_at(config.envelope, count) if config.envelope is not None else 1.0
     if isinstance(config.warmup, int) and config.warmup == 0:
         return scale
     steps = jnp.asarray(config.warmup)
@@ -88,36 +85,6 @@ def _next_count(count, period: int):
     # rings keep their slot order and the count stays past every warm-up.
     limit = jnp.iinfo(jnp.int32).max
     return jnp.where(count == limit, count - (period - 1), count + 1)
-
-
-def _ring_read(ring, count, size: int):
-    if size == 1:
-        return ring[0]
-    return jax.lax.dynamic_index_in_dim(ring, count % size, axis=0, keepdims=False)
-
-
-def _ring_write(ring, value, count, size: int):
-    if size == 1:
-        return value[None]
-    return jax.lax.dynamic_update_index_in_dim(ring, value, count % size, axis=0)
-
-
-def _after(x, dependency):
-    """``x``, computed after ``dependency`` (finite, broadcastable), which XLA must keep.
-
-    u_n overwrites u_{n−1} in place (donated state, ``lax.scan`` carry) only once every
-    kernel that reads u_{n−1} has run; XLA:CPU copies the buffer otherwise, and drops
-    optimisation barriers before ordering kernels. Reading the new η⁽⁰⁾ orders the write
-    by data. The rates are finite by construction, so ``x`` passes unchanged.
-    """
-    return jnp.where(jnp.isnan(dependency), jnp.zeros_like(x), x)
-
-
-def _unzip3(tree_of_triples, like):
-    """Split a tree whose leaves became 3-tuples into three trees shaped like ``like``."""
-    treedef = jax.tree.structure(like)
-    leaves = treedef.flatten_up_to(tree_of_triples)
-    return tuple(treedef.unflatten([leaf[i] for leaf in leaves]) for i in range(3))
 
 
 def _direction(config: Config, grads, state: LearningRateRatesState, params, extra):
@@ -149,53 +116,25 @@ def _hypergradients(config: Config, grads, state: LearningRateRatesState) -> lis
     for j in range(1, config.order):
         size = config.ring_sizes[j - 1]
         alpha_old = jax.tree.map(
-            lambda ring, s=size: _ring_read(ring, state.count, s), state.alphas[j - 1]
+            lambda ring, s=size: _state.ring_read(ring, state.count, s), state.alphas[j - 1]
         )
         chained = jax.tree.map(jnp.multiply, hypergradients[j - 1], alpha_old)
-        # h⁽ʲ⁾ is written once and read by its consumers (``_materialised``), except where
-        # order j's rule divides h itself (the normalised additive rule): XLA would merge
-        # that division with ``_materialised``'s and its kernels read the product again.
-        # The simultaneous step, whose ordering needs h written once, then materialises
-        # the product before ``_reduce``'s guard (which zeroes the NaN of an infinite
-        # one); cascade does better without. Chosen by measurement (speed_issue13.md).
+        # h⁽ʲ⁾ is written once and read by its consumers (``_ordering.materialised``),
+        # except where order j's rule divides h itself (the normalised additive rule): XLA
+        # would merge that division with ``materialised``'s and its kernels read the
+        # product again. The simultaneous step, whose ordering needs h written once, then
+        # materialises the product before ``_reduce``'s guard (which zeroes the NaN of an
+        # infinite one); cascade does better without. Chosen by measurement
+        # (speed_issue13.md).
         divides_h = config.rules[j].normalized and not config.rules[j].log_space
-        if divides_h and _chained_in_order(config):
-            chained = jax.tree.map(_materialised, chained, chained)
+        if divides_h and _ordering.chained_in_order(config):
+            chained = jax.tree.map(_ordering.materialised, chained, chained)
         granularities = config.granularities[j - 1 : j + 1]
         h = _reduce(chained, *granularities, state.etas[j])
-        if _per_parameter(config) and not divides_h:
-            h = jax.tree.map(_materialised, h, h)
+        if _ordering.per_parameter(config) and not divides_h:
+            h = jax.tree.map(_ordering.materialised, h, h)
         hypergradients.append(h)
     return hypergradients
-
-
-def _per_parameter(config: Config) -> bool:
-    """Whether every adapted order has per-parameter rates (and there are two or more)."""
-    return config.order >= 2 and all(g == "parameter" for g in config.granularities)
-
-
-def _chained_in_order(config: Config) -> bool:
-    """Whether the simultaneous step's kernels are chained in one order (``_rates``)."""
-    return config.schedule == "simultaneous" and _per_parameter(config)
-
-
-def _materialised(x, finite) -> jax.Array:
-    """``x``, which XLA:CPU then writes once to a buffer of its own, on CPU only.
-
-    Each kernel that reads a cheap elementwise producer recomputes it, so every consumer
-    of h⁽ʲ⁾ would read every ring slot below it (traffic quadratic in m, and readers of a
-    slot its writer cannot wait for) and a new η would be recomputed from the old one it
-    overwrites (a copy). XLA does not duplicate a division into consumers; one by
-    1 + 0·f is exact where f is finite (NaN elsewhere) and is not folded (0·f is NaN for
-    an infinite f). A divisor broadcast from a scalar would be rewritten into a
-    multiplication, which is duplicated again, and so would a division that another one
-    divides (XLA merges (a / b) / c into a / (b·c)).
-    """
-
-    def divided(x, f):
-        return x / (1 + 0 * f).astype(x.dtype)
-
-    return jax.lax.platform_dependent(x, finite, cpu=divided, default=lambda x, f: x)
 
 
 def _reduce(tree, source, target, like_eta):
@@ -205,8 +144,8 @@ def _reduce(tree, source, target, like_eta):
 
 def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tuple:
     """The new η⁽ʲ⁾, α⁽ʲ⁾ and normaliser moments, top order first."""
-    if _chained_in_order(config):
-        return _rates_in_order(config, state, hypergradients)
+    if _ordering.chained_in_order(config):
+        return _ordering.rates_in_order(config, state, hypergradients)
     count = state.count
     etas: list[Any] = [None] * config.order
     alphas: list[Any] = [None] * config.order
@@ -214,7 +153,7 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
     slots: list[Any] = [None] * config.order
     for j in reversed(range(config.order)):
         if j == config.order - 1:
-            above, above_granularity = _value_at(config.top, count), "global"
+            above, above_granularity = value_at(config.top, count), "global"
         elif config.schedule == "cascade":
             above, above_granularity = etas[j + 1], config.granularities[j + 1]
         else:
@@ -231,136 +170,21 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
 
         eta = state.etas[j]
         if j + 1 < config.order and config.ring_sizes[j] == 1 and granularity == "parameter":
-            slots[j] = _one_slot_ring(leaf_rule, eta, above, hypergradients[j], moment)
-            eta = jax.tree.map(lambda e, ring: _after(e, _written(ring)), eta, slots[j])
+            slots[j] = _ordering.one_slot_ring(leaf_rule, eta, above, hypergradients[j], moment)
+            eta = jax.tree.map(
+                lambda e, ring: _ordering.after(e, _ordering.written(ring)), eta, slots[j]
+            )
         if moment is None:
             out = jax.tree.map(
                 lambda e, r, h, f=leaf_rule: f(e, r, h, None), eta, above, hypergradients[j]
             )
         else:
             out = jax.tree.map(leaf_rule, eta, above, hypergradients[j], moment)
-        etas[j], alphas[j], moments[j] = _unzip3(out, state.etas[j])
+        etas[j], alphas[j], moments[j] = _rules.unzip3(out, state.etas[j])
         if slots[j] is not None and config.normalized and not rule.log_space:
             # The old moment is read by the ring's and η's kernels: written after both.
-            moments[j] = jax.tree.map(_after, moments[j], etas[j])
+            moments[j] = jax.tree.map(_ordering.after, moments[j], etas[j])
     return etas, alphas, moments, slots
-
-
-def _rates_in_order(config: Config, state: LearningRateRatesState, hypergradients) -> tuple:
-    """The simultaneous rates as one chain of kernels: α⁽⁰⁾, η⁽⁰⁾, α⁽¹⁾, η⁽¹⁾, … η⁽ᵐ⁻¹⁾.
-
-    The ring kernel of order j reads the old η⁽ʲ⁺¹⁾ that order j+1's rate overwrites,
-    which in turn reads the ring slot the first one overwrites: a cycle, which XLA:CPU
-    broke by copying buffers, more of them at each order. With each h⁽ʲ⁾ materialised
-    (``_materialised``) the rings' old slots are read once, before any ring is written;
-    then each kernel reads one value the previous one wrote (``_after``), so every
-    buffer is overwritten after its last reader and none is copied.
-    """
-    count = state.count
-    order = config.order
-    etas: list[Any] = [None] * order
-    alphas: list[Any] = [None] * order
-    moments: list[Any] = [None] * order
-    rings: list[Any] = [None] * order
-    # The top hypergradient is computed once every ring's old slot has been read.
-    previous = hypergradients[-1]
-    for j in range(order):
-        above = _value_at(config.top, count) if j == order - 1 else state.etas[j + 1]
-        above = gr.expand(
-            above, "global" if j == order - 1 else "parameter", "parameter", state.etas[j]
-        )
-        active_steps = jnp.maximum(count - (config.first_active_step(j) - 1), 1)
-        moment = state.second_moments[j] if config.normalized else None
-
-        def leaf_rule(eta, rate, h, v, rule=config.rules[j], active_steps=active_steps):
-            return _rules.apply(rule, eta, rate, h, v, active_steps)
-
-        token = jax.tree.map(_on_cpu, previous)
-        if j + 1 < order:
-            size = config.ring_sizes[j]
-            # α in a slot's shape: a computation of its own, which XLA does not merge with
-            # η's, so that neither kernel reads a temporary of the other (measured).
-            slot = _one_slot_ring(leaf_rule, state.etas[j], above, hypergradients[j], moment)
-            slot = jax.tree.map(lambda r, t: _after(r, t[None]), slot, token)
-            # The debug hook reports the α the ring holds (XLA may round the two
-            # computations of it differently).
-            alphas[j] = jax.tree.map(lambda r: r[0], slot)
-            if size == 1:
-                rings[j] = slot
-                token = jax.tree.map(_written, slot)
-            else:
-                rings[j] = jax.tree.map(
-                    lambda r, a, s=size: _ring_write(r, a[0], count, s), state.alphas[j], slot
-                )
-                # Any slot of the new ring is finite; reading one orders η after the write.
-                token = jax.tree.map(lambda r: _on_cpu(r[0]), rings[j])
-        if moment is None:
-            out = jax.tree.map(
-                lambda e, r, h, f=leaf_rule: f(e, r, h, None),
-                state.etas[j],
-                above,
-                hypergradients[j],
-            )
-            eta, alpha, moments[j] = _unzip3(out, state.etas[j])
-            eta = jax.tree.map(_after, eta, token)
-        else:
-            # The new moment, which η's kernel reads, is written in place once the ring's
-            # kernel has read the old one; η is then ordered after the ring through it.
-            moment = jax.tree.map(_after, moment, token)
-            out = jax.tree.map(leaf_rule, state.etas[j], above, hypergradients[j], moment)
-            eta, alpha, moments[j] = _unzip3(out, state.etas[j])
-        if alphas[j] is None:
-            alphas[j] = alpha
-        # Materialised, so that the kernels after it read it instead of recomputing it
-        # from the old η it overwrites.
-        etas[j] = previous = jax.tree.map(_materialised, eta, hypergradients[j])
-    return etas, alphas, moments, rings
-
-
-def _on_cpu(dependency) -> jax.Array:
-    """``dependency`` on XLA:CPU, zeros elsewhere: an ``_after`` that other backends drop.
-
-    The orderings by data are for XLA:CPU's copy insertion; elsewhere (not measured)
-    reading the dependency would only add its bytes to the kernel.
-    """
-    return jax.lax.platform_dependent(dependency, cpu=lambda d: d, default=jnp.zeros_like)
-
-
-def _written(ring) -> jax.Array:
-    """A finite scalar that exists once ``ring`` is written, on XLA:CPU (else a constant).
-
-    A reduction is a kernel of its own that XLA neither fuses away nor recomputes, so the
-    new η that reads it is ordered after the ring's kernel, the other reader of the old
-    η, and XLA:CPU need not copy η. Elsewhere (not measured) the token is a constant that
-    XLA folds away, so no backend pays for a reduction it may not need.
-    """
-
-    def written(r):
-        return jnp.max(r, initial=0)  # ``initial``: a leaf may have no elements
-
-    def nothing(r):
-        return jnp.zeros((), r.dtype)
-
-    return jax.lax.platform_dependent(ring, cpu=written, default=nothing)
-
-
-def _one_slot_ring(leaf_rule, eta, above, h, moment):
-    """A one-slot ring holding this step's α, computed in the ring's shape.
-
-    So the rule's last operation writes the ring itself, which XLA then materialises
-    once; η read old by that kernel is overwritten in place only after it, ordered by
-    the new η's read of the ring (``_after``), where XLA:CPU would copy η otherwise.
-    """
-
-    def ring(e, r, g, v=None):
-        # A rate above of lower rank (a scalar, a broadcast array) broadcasts as it is.
-        r = r[None] if jnp.ndim(r) == jnp.ndim(e) else r
-        v = None if v is None else v[None]
-        return leaf_rule(e[None], r, g[None], v)[1]
-
-    if moment is None:
-        return jax.tree.map(ring, eta, above, h)
-    return jax.tree.map(ring, eta, above, h, moment)
 
 
 def _rings(config: Config, state: LearningRateRatesState, alphas, slots) -> tuple:
@@ -369,7 +193,7 @@ def _rings(config: Config, state: LearningRateRatesState, alphas, slots) -> tupl
         slots[j - 1]
         if slots[j - 1] is not None
         else jax.tree.map(
-            lambda ring, alpha, s=size: _ring_write(ring, alpha, state.count, s),
+            lambda ring, alpha, s=size: _state.ring_write(ring, alpha, state.count, s),
             state.alphas[j - 1],
             alphas[j - 1],
         )
@@ -405,7 +229,7 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
         # write in place (measured: 11 % of the step at 10M parameters).
         horizon = jnp.asarray(config.horizon).astype(e.dtype).astype(dtype)
         applied = applied + horizon * u_prev
-        return _after(applied, e)
+        return _ordering.after(applied, e)
 
     new_updates = jax.tree.map(step, eta0, directions, updates)
     prev_direction = jax.tree.map(trace, directions, state.prev_direction, eta0)
@@ -423,7 +247,7 @@ def _step(config: Config, updates, state, params=None, **extra_args):
         directions, direction_state = _direction(config, grads, state, params, extra_args)
 
     if config.order == 0:
-        rate = _value_at(config.top, count)
+        rate = value_at(config.top, count)
         new_updates = jax.tree.map(
             lambda d, u: (-(jnp.asarray(rate).astype(d.dtype) * d)).astype(u.dtype),
             directions if config.direction is not None else jax.tree.map(_usable_gradient, updates),

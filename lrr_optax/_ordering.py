@@ -1,0 +1,184 @@
+"""The order in which a step writes its rates' buffers, so that XLA:CPU copies none.
+
+A step overwrites its donated state in place: each rate η⁽ʲ⁾, each α ring, each moment,
+the trace u. XLA:CPU copies a buffer that one kernel reads and another overwrites unless
+the reader is ordered before the writer, and it does not fuse several outputs into one
+kernel, so every output is a kernel of its own that re-reads what it needs. Left to
+itself it copied a buffer or more per order and moved bytes quadratic in the order m.
+The functions here order the kernels by data: a value is written once where several
+kernels would recompute it (:func:`materialised`), and a kernel reads one finite value
+that the previous one wrote (:func:`after`), which leaves its result unchanged. Each
+device-specific piece applies on CPU only; other backends get the plain computation.
+``benchmarks/results/speed_issue13.md`` has the measurements behind each choice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import _granularity as gr
+from . import _rules, _state
+from ._options import Config, value_at
+from ._state import LearningRateRatesState
+
+
+def after(x, dependency):
+    """``x``, computed after ``dependency`` (finite, broadcastable), which XLA must keep.
+
+    u_n overwrites u_{n−1} in place (donated state, ``lax.scan`` carry) only once every
+    kernel that reads u_{n−1} has run; XLA:CPU copies the buffer otherwise, and drops
+    optimisation barriers before ordering kernels. Reading the new η⁽⁰⁾ orders the write
+    by data. The rates are finite by construction, so ``x`` passes unchanged.
+    """
+    return jnp.where(jnp.isnan(dependency), jnp.zeros_like(x), x)
+
+
+def _on_cpu(dependency) -> jax.Array:
+    """``dependency`` on XLA:CPU, zeros elsewhere: an :func:`after` that other backends drop.
+
+    The orderings by data are for XLA:CPU's copy insertion; elsewhere (not measured)
+    reading the dependency would only add its bytes to the kernel.
+    """
+    return jax.lax.platform_dependent(dependency, cpu=lambda d: d, default=jnp.zeros_like)
+
+
+def written(ring) -> jax.Array:
+    """A finite scalar that exists once ``ring`` is written, on XLA:CPU (else a constant).
+
+    A reduction is a kernel of its own that XLA neither fuses away nor recomputes, so the
+    new η that reads it is ordered after the ring's kernel, the other reader of the old
+    η, and XLA:CPU need not copy η. Elsewhere (not measured) the token is a constant that
+    XLA folds away, so no backend pays for a reduction it may not need.
+    """
+
+    def maximum(r):
+        return jnp.max(r, initial=0)  # ``initial``: a leaf may have no elements
+
+    def nothing(r):
+        return jnp.zeros((), r.dtype)
+
+    return jax.lax.platform_dependent(ring, cpu=maximum, default=nothing)
+
+
+def materialised(x, finite) -> jax.Array:
+    """``x``, which XLA:CPU then writes once to a buffer of its own, on CPU only.
+
+    Each kernel that reads a cheap elementwise producer recomputes it, so every consumer
+    of h⁽ʲ⁾ would read every ring slot below it (traffic quadratic in m, and readers of a
+    slot its writer cannot wait for) and a new η would be recomputed from the old one it
+    overwrites (a copy). XLA does not duplicate a division into consumers; one by
+    1 + 0·f is exact where f is finite (NaN elsewhere) and is not folded (0·f is NaN for
+    an infinite f). A divisor broadcast from a scalar would be rewritten into a
+    multiplication, which is duplicated again, and so would a division that another one
+    divides (XLA merges (a / b) / c into a / (b·c)).
+    """
+
+    def divided(x, f):
+        return x / (1 + 0 * f).astype(x.dtype)
+
+    return jax.lax.platform_dependent(x, finite, cpu=divided, default=lambda x, f: x)
+
+
+def one_slot_ring(leaf_rule, eta, above, h, moment):
+    """A one-slot ring holding this step's α, computed in the ring's shape.
+
+    So the rule's last operation writes the ring itself, which XLA then materialises
+    once; η read old by that kernel is overwritten in place only after it, ordered by
+    the new η's read of the ring (:func:`after`), where XLA:CPU would copy η otherwise.
+    """
+
+    def ring(e, r, g, v=None):
+        # A rate above of lower rank (a scalar, a broadcast array) broadcasts as it is.
+        r = r[None] if jnp.ndim(r) == jnp.ndim(e) else r
+        v = None if v is None else v[None]
+        return leaf_rule(e[None], r, g[None], v)[1]
+
+    if moment is None:
+        return jax.tree.map(ring, eta, above, h)
+    return jax.tree.map(ring, eta, above, h, moment)
+
+
+def per_parameter(config: Config) -> bool:
+    """Whether every adapted order has per-parameter rates (and there are two or more)."""
+    return config.order >= 2 and all(g == "parameter" for g in config.granularities)
+
+
+def chained_in_order(config: Config) -> bool:
+    """Whether the simultaneous step's kernels are chained in one order (``rates_in_order``)."""
+    return config.schedule == "simultaneous" and per_parameter(config)
+
+
+def rates_in_order(config: Config, state: LearningRateRatesState, hypergradients) -> tuple:
+    """The simultaneous rates as one chain of kernels: α⁽⁰⁾, η⁽⁰⁾, α⁽¹⁾, η⁽¹⁾, … η⁽ᵐ⁻¹⁾.
+
+    The ring kernel of order j reads the old η⁽ʲ⁺¹⁾ that order j+1's rate overwrites,
+    which in turn reads the ring slot the first one overwrites: a cycle, which XLA:CPU
+    broke by copying buffers, more of them at each order. With each h⁽ʲ⁾ materialised
+    (:func:`materialised`) the rings' old slots are read once, before any ring is written;
+    then each kernel reads one value the previous one wrote (:func:`after`), so every
+    buffer is overwritten after its last reader and none is copied.
+    """
+    count = state.count
+    order = config.order
+    etas: list[Any] = [None] * order
+    alphas: list[Any] = [None] * order
+    moments: list[Any] = [None] * order
+    rings: list[Any] = [None] * order
+    # The top hypergradient is computed once every ring's old slot has been read.
+    previous = hypergradients[-1]
+    for j in range(order):
+        above = value_at(config.top, count) if j == order - 1 else state.etas[j + 1]
+        above = gr.expand(
+            above, "global" if j == order - 1 else "parameter", "parameter", state.etas[j]
+        )
+        active_steps = jnp.maximum(count - (config.first_active_step(j) - 1), 1)
+        moment = state.second_moments[j] if config.normalized else None
+
+        def leaf_rule(eta, rate, h, v, rule=config.rules[j], active_steps=active_steps):
+            return _rules.apply(rule, eta, rate, h, v, active_steps)
+
+        token = jax.tree.map(_on_cpu, previous)
+        if j + 1 < order:
+            size = config.ring_sizes[j]
+            # α in a slot's shape: a computation of its own, which XLA does not merge with
+            # η's, so that neither kernel reads a temporary of the other (measured).
+            slot = one_slot_ring(leaf_rule, state.etas[j], above, hypergradients[j], moment)
+            slot = jax.tree.map(lambda r, t: after(r, t[None]), slot, token)
+            # The debug hook reports the α the ring holds (XLA may round the two
+            # computations of it differently).
+            alphas[j] = jax.tree.map(lambda r: r[0], slot)
+            if size == 1:
+                rings[j] = slot
+                token = jax.tree.map(written, slot)
+            else:
+                rings[j] = jax.tree.map(
+                    lambda r, a, s=size: _state.ring_write(r, a[0], count, s),
+                    state.alphas[j],
+                    slot,
+                )
+                # Any slot of the new ring is finite; reading one orders η after the write.
+                token = jax.tree.map(lambda r: _on_cpu(r[0]), rings[j])
+        if moment is None:
+            out = jax.tree.map(
+                lambda e, r, h, f=leaf_rule: f(e, r, h, None),
+                state.etas[j],
+                above,
+                hypergradients[j],
+            )
+            eta, alpha, moments[j] = _rules.unzip3(out, state.etas[j])
+            eta = jax.tree.map(after, eta, token)
+        else:
+            # The new moment, which η's kernel reads, is written in place once the ring's
+            # kernel has read the old one; η is then ordered after the ring through it.
+            moment = jax.tree.map(after, moment, token)
+            out = jax.tree.map(leaf_rule, state.etas[j], above, hypergradients[j], moment)
+            eta, alpha, moments[j] = _rules.unzip3(out, state.etas[j])
+        if alphas[j] is None:
+            alphas[j] = alpha
+        # Materialised, so that the kernels after it read it instead of recomputing it
+        # from the old η it overwrites.
+        etas[j] = previous = jax.tree.map(materialised, eta, hypergradients[j])
+    return etas, alphas, moments, rings
