@@ -68,7 +68,7 @@ class Config:
 
 
 def value_at(value, count):
-    """A rate given as a number, an array or a schedule, at step ``count``."""
+    """``value`` (a rate or the envelope) at step ``count``: a schedule is called on it."""
     return value(count) if callable(value) else value
 
 
