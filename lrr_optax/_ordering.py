@@ -4,12 +4,13 @@ A step overwrites its donated state in place: each rate η⁽ʲ⁾, each α ring
 the trace u. XLA:CPU copies a buffer that one kernel reads and another overwrites unless
 the reader is ordered before the writer, and it does not fuse several outputs into one
 kernel, so every output is a kernel of its own that re-reads what it needs. Left to
-itself it copied a buffer or more per order and moved bytes quadratic in the order m.
-The functions here order the kernels by data: a value is written once where several
-kernels would recompute it (:func:`materialised`), and a kernel reads one finite value
-that the previous one wrote (:func:`after`), which leaves its result unchanged. Each
-device-specific piece applies on CPU only; other backends get the plain computation.
-``benchmarks/results/speed_issue13.md`` has the measurements behind each choice.
+itself it copied buffers, more of them at each order, and moved bytes quadratic in the
+order m. The functions here write the rates' updates in an explicit order, by data: a
+value is written once where several kernels would recompute it (:func:`materialised`),
+and a kernel reads one finite value that the previous one wrote (:func:`after`), which
+leaves its result unchanged. The pieces other backends may not need apply on XLA:CPU
+only (``jax.lax.platform_dependent``). ``benchmarks/results/speed_issue13.md`` has the
+measurements behind each choice.
 """
 
 from __future__ import annotations
