@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["size"] = size
     start = time.perf_counter()
     grads = measure.gradients(size)
+    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"{args.name}.md")
     rows = []
     for config in _configs(args):
