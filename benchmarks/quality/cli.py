@@ -106,10 +106,11 @@ def main(argv=None) -> int:
     }
     meta["variants"] = {m.name: {"direction": m.direction, **m.options} for m in variants}
 
-    scores = report.score(results, roles)
     results_dir, raw_dir = Path(args.results), Path(args.raw)
     results_dir.mkdir(parents=True, exist_ok=True)
+    # The raw results first: a run is hours of compute, a report can be redone from them.
     written = [_common.write_json(raw_dir / f"{name}.json", {"meta": meta, "results": results})]
+    scores = report.score(results, roles)
     written.append(_common.write_json(results_dir / f"{name}.json", report.summary(meta, scores)))
     if args.demo:
         swept = ["lrr_adam (defaults)", *(m.name for m in variants)]
