@@ -95,6 +95,19 @@ def test_late_max():
     np.testing.assert_array_equal(metrics.late_max(curve), [4.0, 1.0, np.inf])
 
 
+def test_goal_against_a_tuned_adam_loss_of_zero():
+    # Long budgets can drive Adam's loss to exactly 0: a worse default misses by inf, an
+    # equal one is on par, and scoring never divides by zero.
+    def scores(worst):
+        row = {"worst_in_range": worst, "worst_in_low": worst, "lr_mode": "swept", "final": 0.0}
+        return {"adam_best": 0.0, "methods": {"lrr_adam (defaults)": row}}
+
+    missed = metrics.goal(scores(1e-3), "lrr_adam (defaults)")
+    assert missed["worst_over_adam"] == np.inf and not missed["met"]
+    on_par = metrics.goal(scores(0.0), "lrr_adam (defaults)")
+    assert on_par["worst_over_adam"] == 1.0 and on_par["met"]
+
+
 # --- the quality suite --------------------------------------------------------------------------
 
 
