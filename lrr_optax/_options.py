@@ -272,8 +272,8 @@ def parse(
         _nonnegative("spike_threshold", spike_threshold)
         if _concrete(spike_threshold) == 0:
             raise ValueError(
-                "spike_threshold must be > 0 (it is compared with the normalised step; 5 by "
-                "default), or None to clip falls like rises; got 0."
+                "spike_threshold must be finite and > 0 (it is compared with the normalised "
+                "step; 5 by default), or None to clip falls like rises; got 0."
             )
     _nonnegative("warmup", warmup)
     if isinstance(warmup, float):

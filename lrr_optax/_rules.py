@@ -6,7 +6,8 @@ order is chained through (``docs/math.md``, "Rules"). Every rule is written as
 
     u = η·h (log-space rules) or h      # the signal
     s = u / (√v̂ + ε) (normalised) or u  # v̂: debiased EMA of u², held constant in the chain
-    s = clip(s, −c, c) + max(s − τ, 0)   # optional clip; τ ≥ c lets a fall through
+    s = clip(s, −c, c)                   # optional, and then a spike τ:
+    s = s + max(s₀ − max(c, τ), 0)       # s₀ the step before the clip; a fall passes
     s = s·(1 + k/K)^(−1/2)               # optional annealing, k: steps this order has run
     R = η − ρ·s            (additive family)       α = −s
     R = η·exp(−ρ·s)        (log-space family)      α = −R·s

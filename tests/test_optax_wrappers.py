@@ -187,6 +187,7 @@ def test_inject_hyperparams_equals_the_plain_transformation():
         granularity=("parameter", "tensor"),
         rule="normalized",
         bounds=(0.0, 1.0),
+        spike_threshold=2.0,  # injected, so traced
     )
     plain = lrr_optax.learning_rate_rates(
         0.05,
@@ -195,6 +196,7 @@ def test_inject_hyperparams_equals_the_plain_transformation():
         granularity=("parameter", "tensor"),
         rule="normalized",
         bounds=(0.0, 1.0),
+        spike_threshold=2.0,
     )
     params, state, *_ = train(injected, 8)
     expected, expected_state, *_ = train(plain, 8)

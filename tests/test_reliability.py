@@ -178,7 +178,7 @@ def test_complex_parameters_with_the_adam_direction():
         (dict(anneal_steps=0), ValueError, "anneal_steps must be >= 1"),
         (dict(anneal_steps="30"), TypeError, "anneal_steps must be a number"),
         (dict(anneal_steps=True), TypeError, "anneal_steps is a number of steps"),
-        (dict(spike_threshold=0.0), ValueError, "spike_threshold must be > 0"),
+        (dict(spike_threshold=0.0), ValueError, "spike_threshold must be finite and > 0"),
         (dict(spike_threshold=-1.0), ValueError, "spike_threshold must be finite"),
         (dict(spike_threshold=float("inf")), ValueError, "spike_threshold must be finite"),
         (dict(spike_threshold="5"), TypeError, "spike_threshold must be a number"),
