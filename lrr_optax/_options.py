@@ -66,6 +66,11 @@ class Config:
             return j + 1
         return 1 + j * (j + 1) // 2
 
+    def active_steps(self, j: int, count) -> jax.Array:
+        """k ≥ 1: the steps h⁽ʲ⁾ has existed at step ``count``, written so that a wrapped
+        count cannot overflow."""
+        return jnp.maximum(count - (self.first_active_step(j) - 1), 1)
+
 
 def value_at(value, count):
     """``value`` (a rate or the envelope) at step ``count``: a schedule is called on it."""

@@ -135,7 +135,7 @@ def rates_in_order(config: Config, state: LearningRateRatesState, hypergradients
         above = gr.expand(
             above, "global" if j == order - 1 else "parameter", "parameter", state.etas[j]
         )
-        active_steps = jnp.maximum(count - (config.first_active_step(j) - 1), 1)
+        active_steps = config.active_steps(j, count)
         moment = state.second_moments[j] if config.normalized else None
 
         def leaf_rule(eta, rate, h, v, rule=config.rules[j], active_steps=active_steps):
@@ -162,21 +162,15 @@ def rates_in_order(config: Config, state: LearningRateRatesState, hypergradients
                 )
                 # Any slot of the new ring is finite; reading one orders η after the write.
                 token = jax.tree.map(lambda r: _on_cpu(r[0]), rings[j])
-        if moment is None:
-            out = jax.tree.map(
-                lambda e, r, h, f=leaf_rule: f(e, r, h, None),
-                state.etas[j],
-                above,
-                hypergradients[j],
-            )
-            eta, alpha, moments[j] = _rules.unzip3(out, state.etas[j])
-            eta = jax.tree.map(after, eta, token)
-        else:
+        if moment is not None:
             # The new moment, which η's kernel reads, is written in place once the ring's
             # kernel has read the old one; η is then ordered after the ring through it.
             moment = jax.tree.map(after, moment, token)
-            out = jax.tree.map(leaf_rule, state.etas[j], above, hypergradients[j], moment)
-            eta, alpha, moments[j] = _rules.unzip3(out, state.etas[j])
+        eta, alpha, moments[j] = _rules.map_rule(
+            leaf_rule, state.etas[j], above, hypergradients[j], moment
+        )
+        if moment is None:
+            eta = jax.tree.map(after, eta, token)
         if alphas[j] is None:
             alphas[j] = alpha
         # Materialised, so that the kernels after it read it instead of recomputing it

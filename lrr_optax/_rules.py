@@ -15,7 +15,7 @@ order is chained through (``docs/math.md``, "Rules"). Every rule is written as
 
 so clipping, normalising and bounds change how a rate moves and never the chain itself.
 A rule is elementwise on one leaf; the transformation maps it over trees and splits the
-results (:func:`unzip3`).
+results (:func:`map_rule`).
 """
 
 from __future__ import annotations
@@ -147,12 +147,15 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
     return new_eta, alpha, new_second_moment
 
 
-def unzip3(tree_of_triples, like):
-    """Split a tree whose leaves became 3-tuples into three trees shaped like ``like``.
+def map_rule(leaf_rule, etas, rates, hs, moments):
+    """``leaf_rule(η, ρ, h, v)`` mapped over the trees, split into (η, α, v) trees like ``etas``.
 
-    :func:`apply` mapped over a tree gives one ``(new_eta, alpha, new_second_moment)`` per
-    leaf; this gives the three trees.
+    ``moments`` is ``None`` for rules without a normaliser (then ``v`` is ``None``).
     """
-    treedef = jax.tree.structure(like)
-    leaves = treedef.flatten_up_to(tree_of_triples)
+    if moments is None:
+        out = jax.tree.map(lambda e, r, h: leaf_rule(e, r, h, None), etas, rates, hs)
+    else:
+        out = jax.tree.map(leaf_rule, etas, rates, hs, moments)
+    treedef = jax.tree.structure(etas)
+    leaves = treedef.flatten_up_to(out)
     return tuple(treedef.unflatten([leaf[i] for leaf in leaves]) for i in range(3))

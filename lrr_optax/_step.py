@@ -160,8 +160,7 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
             above, above_granularity = state.etas[j + 1], config.granularities[j + 1]
         granularity = config.granularities[j]
         above = gr.expand(above, above_granularity, granularity, state.etas[j])
-        # Written so that a wrapped count cannot overflow.
-        active_steps = jnp.maximum(count - (config.first_active_step(j) - 1), 1)
+        active_steps = config.active_steps(j, count)
         rule = config.rules[j]
         moment = state.second_moments[j] if config.normalized else None
 
@@ -174,13 +173,9 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
             eta = jax.tree.map(
                 lambda e, ring: _ordering.after(e, _ordering.written(ring)), eta, slots[j]
             )
-        if moment is None:
-            out = jax.tree.map(
-                lambda e, r, h, f=leaf_rule: f(e, r, h, None), eta, above, hypergradients[j]
-            )
-        else:
-            out = jax.tree.map(leaf_rule, eta, above, hypergradients[j], moment)
-        etas[j], alphas[j], moments[j] = _rules.unzip3(out, state.etas[j])
+        etas[j], alphas[j], moments[j] = _rules.map_rule(
+            leaf_rule, eta, above, hypergradients[j], moment
+        )
         if slots[j] is not None and config.normalized and not rule.log_space:
             # The old moment is read by the ring's and η's kernels: written after both.
             moments[j] = jax.tree.map(_ordering.after, moments[j], etas[j])
