@@ -71,6 +71,30 @@ class Config:
         count cannot overflow."""
         return jnp.maximum(count - (self.first_active_step(j) - 1), 1)
 
+    def rule_at(self, j: int, count) -> _rules.RuleConfig:
+        """Order j's rule at step ``count``.
+
+        With a schedule s_n as the learning rate, η⁽⁰⁾ is the factor multiplying it and its
+        bounds hold the learned rate s_n·η⁽⁰⁾, so that a schedule and a constant of the
+        same value move alike. Where s_n ≤ 0 the update ignores η⁽⁰⁾: there only the lower
+        bound holds, on the factor itself.
+        """
+        rule = self.rules[j]
+        if j or self.envelope is None or (rule.lower is None and rule.upper is None):
+            return rule
+        scale = jnp.asarray(value_at(self.envelope, count))
+        positive = scale > 0
+        scale = jnp.where(positive, scale, jnp.ones_like(scale))
+        lower = (
+            rule.lower
+            if rule.lower is None
+            else jnp.where(positive, rule.lower / scale, rule.lower)
+        )
+        upper = (
+            rule.upper if rule.upper is None else jnp.where(positive, rule.upper / scale, jnp.inf)
+        )
+        return rule._replace(lower=lower, upper=upper)
+
 
 def value_at(value, count):
     """``value`` (a rate or the envelope) at step ``count``: a schedule is called on it."""

@@ -137,8 +137,9 @@ def rates_in_order(config: Config, state: LearningRateRatesState, hypergradients
         )
         active_steps = config.active_steps(j, count)
         moment = state.second_moments[j] if config.normalized else None
+        rule = config.rule_at(j, count)
 
-        def leaf_rule(eta, rate, h, v, rule=config.rules[j], active_steps=active_steps):
+        def leaf_rule(eta, rate, h, v, rule=rule, active_steps=active_steps):
             return _rules.apply(rule, eta, rate, h, v, active_steps)
 
         token = jax.tree.map(_on_cpu, previous)

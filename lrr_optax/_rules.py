@@ -127,12 +127,17 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
         alpha = -step
 
     if config.lower is not None or config.upper is not None:
+        # Bounds are numbers, or arrays when a schedule scales them (``Config.rule_at``).
+        lower, upper = (
+            None if b is None else jnp.asarray(b).astype(compute)
+            for b in (config.lower, config.upper)
+        )
         clamped = jnp.zeros(new_eta.shape, bool)
-        if config.lower is not None:
-            clamped = clamped | (new_eta < config.lower)
-        if config.upper is not None:
-            clamped = clamped | (new_eta > config.upper)
-        new_eta = jnp.clip(new_eta, config.lower, config.upper)
+        if lower is not None:
+            clamped = clamped | (new_eta < lower)
+        if upper is not None:
+            clamped = clamped | (new_eta > upper)
+        new_eta = jnp.clip(new_eta, lower, upper)
         alpha = jnp.where(clamped, jnp.zeros_like(alpha), alpha)
 
     new_eta = new_eta.astype(dtype)

@@ -161,7 +161,7 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
         granularity = config.granularities[j]
         above = gr.expand(above, above_granularity, granularity, state.etas[j])
         active_steps = config.active_steps(j, count)
-        rule = config.rules[j]
+        rule = config.rule_at(j, count)
         moment = state.second_moments[j] if config.normalized else None
 
         def leaf_rule(eta, rate, h, v, rule=rule, active_steps=active_steps):

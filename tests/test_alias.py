@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -37,6 +40,7 @@ def test_lrr_adam():
         (1e-4,),
         direction=optax_promotion(optax.scale_by_adam(b1=0.8, b2=0.99, eps=1e-6)),
         schedule="cascade",
+        bounds=(0.0, 1.0),
     )
     chex.assert_trees_all_close(
         train(alias, 12, promotion="standard")[0],
@@ -65,6 +69,59 @@ def test_lrr_adamw_mask():
         train(reference, 12, promotion="standard")[0],
         rtol=1e-12,
     )
+
+
+def _far_target_rates(tx, steps=40, curvature=1.0):
+    """η⁽⁰⁾ after each step towards a target far away, where the rate keeps climbing."""
+
+    def loss(params):
+        return curvature * jnp.sum(jnp.square(params["w"] - 100.0))
+
+    params = {"w": jnp.zeros(3, jnp.float32)}
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    rates = []
+    for _ in range(steps):
+        with jax.numpy_dtype_promotion("standard"):
+            updates, state = update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, updates)
+        rates.append(float(lrr_optax.learning_rates(state)[0]["w"]))
+    return np.asarray(rates), updates
+
+
+@pytest.mark.parametrize("alias", [lrr_optax.lrr_adam, lrr_optax.lrr_adamw])
+def test_adam_aliases_bound_the_rate_by_one(alias):
+    kwargs = dict(warmup_steps=0, weight_decay=0.0) if alias is lrr_optax.lrr_adamw else {}
+    kwargs.setdefault("warmup_steps", 0)
+    bounded, _ = _far_target_rates(alias(0.5, **kwargs))
+    unbounded, _ = _far_target_rates(alias(0.5, bounds=(0.0, None), **kwargs))
+    assert unbounded.max() > 2.0  # the rate would climb past the bound
+    assert bounded.max() == 1.0
+    assert bounded.min() > 0.0
+
+
+def test_lrr_sgd_leaves_the_rate_unbounded_above():
+    # SGD's rate is stable up to 1/curvature: 50 here.
+    rates, _ = _far_target_rates(lrr_optax.lrr_sgd(0.01, warmup_steps=0), curvature=0.01)
+    assert rates.max() > 1.0
+
+
+def test_with_a_schedule_the_bound_holds_the_scheduled_rate():
+    # A constant schedule and the same constant move alike, the bound binding; under a
+    # decaying schedule the learned factor may exceed 1 but the rate it makes may not.
+    constant, constant_updates = _far_target_rates(lrr_optax.lrr_adam(0.5, warmup_steps=0))
+    factor, scheduled_updates = _far_target_rates(lrr_optax.lrr_adam(lambda n: 0.5, warmup_steps=0))
+    np.testing.assert_allclose(0.5 * factor, constant, rtol=1e-6)
+    chex.assert_trees_all_close(scheduled_updates, constant_updates, rtol=1e-6)
+    assert constant.max() == 1.0
+
+    decay = optax.exponential_decay(0.5, transition_steps=1, decay_rate=0.9)
+    factor, _ = _far_target_rates(lrr_optax.lrr_adam(decay, warmup_steps=0))
+    rate = np.asarray([float(decay(n)) for n in range(len(factor))]) * factor
+    assert factor.max() > 1.0
+    # The test's schedule values and the step's agree to float32 rounding of 0.9**n.
+    assert rate.max() <= 1.0 + 1e-5
+    np.testing.assert_allclose(rate.max(), 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("alias", [lrr_optax.lrr_sgd, lrr_optax.lrr_adam, lrr_optax.lrr_adamw])
