@@ -132,8 +132,8 @@ def lrr_adam(
         direction's coordinates are at most (1 − β₁)/√(1 − β₂) ≈ 3.2, so η⁽⁰⁾ ≤ 1 keeps
         every coordinate's step below about 3, where a network stays alive when a late
         gradient rebounds against Adam's lagging second moment. With a schedule as
-        ``learning_rate`` the bound holds the learned factor, so the schedule is then
-        the ceiling; pass ``bounds=(0.0, None)`` to lift it.
+        ``learning_rate`` it holds the scheduled rate s_n·η⁽⁰⁾. ``bounds=(0.0, None)``
+        lifts it.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -217,8 +217,8 @@ def lrr_adamw(
         direction's coordinates are at most (1 − β₁)/√(1 − β₂) ≈ 3.2, so η⁽⁰⁾ ≤ 1 keeps
         every coordinate's step below about 3, where a network stays alive when a late
         gradient rebounds against Adam's lagging second moment. With a schedule as
-        ``learning_rate`` the bound holds the learned factor, so the schedule is then
-        the ceiling; pass ``bounds=(0.0, None)`` to lift it.
+        ``learning_rate`` it holds the scheduled rate s_n·η⁽⁰⁾. ``bounds=(0.0, None)``
+        lifts it.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.

@@ -88,7 +88,9 @@ def learning_rate_rates(
         orders or one per adapted order; ``None`` for none.
       bounds: ``(lo, hi)`` the adapted rates are clamped to, either may be ``None``; or
         one such pair (or ``None``) per adapted order; ``None`` for no bounds. The
-        default keeps every rate non-negative.
+        default keeps every rate non-negative. With a schedule s_n as ``learning_rate``,
+        η⁽⁰⁾'s bounds hold the rate s_n·η⁽⁰⁾. A rate that starts outside its bounds is
+        clamped by its first step.
       state_dtype: dtype of the rates, the α cache and the previous direction; ``None``
         follows each parameter's dtype, with rates and α in at least float32 (rates are
         real for complex parameters). The normaliser's moments are at least float32.
