@@ -213,12 +213,7 @@ def lrr_adamw(
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps`` and
         ``spike_threshold``.
-      bounds: as in :func:`learning_rate_rates`, but ``(0, 1)`` by default: an Adam
-        direction's coordinates are at most (1 − β₁)/√(1 − β₂) ≈ 3.2, so η⁽⁰⁾ ≤ 1 keeps
-        every coordinate's step below about 3, where a network stays alive when a late
-        gradient rebounds against Adam's lagging second moment. With a schedule as
-        ``learning_rate`` it holds the scheduled rate s_n·η⁽⁰⁾. ``bounds=(0.0, None)``
-        lifts it.
+      bounds: as in :func:`lrr_adam`: ``(0, 1)`` by default.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
