@@ -11,10 +11,10 @@ from ._rules import Rule
 from ._transform import Bounds, learning_rate_rates
 
 # An Adam direction's coordinates are at most (1 − β₁)/√(1 − β₂) ≈ 3.2 in size, so η ≤ 1
-# caps any coordinate's step near 3. Late in training Adam's √v̂ lags the shrinking
-# gradients, the hypergradient raises η to make up for it, and the first gradient that
-# rebounds then takes a step η·3.2 that kills a ReLU network (MNIST-1D MLP: to chance from
-# 13 of 15 initial rates at 6000 steps without the bound, from none with it).
+# caps any coordinate's step near 3. Without it, near convergence the one-step hypergradient
+# kept raising η (to 2 … 5, probably making up for Adam's lagging √v̂) until one step killed
+# the ReLU network (MNIST-1D MLP: to chance from 13 of 15 initial rates at 6000 steps
+# without the bound, from none with it).
 ADAM_BOUNDS: Bounds = (0.0, 1.0)
 
 
@@ -130,8 +130,8 @@ def lrr_adam(
         ``spike_threshold``.
       bounds: as in :func:`learning_rate_rates`, but ``(0, 1)`` by default: an Adam
         direction's coordinates are at most (1 − β₁)/√(1 − β₂) ≈ 3.2, so η⁽⁰⁾ ≤ 1 keeps
-        every coordinate's step below about 3, where a network stays alive when a late
-        gradient rebounds against Adam's lagging second moment. With a schedule as
+        every coordinate's step below about 3: near convergence the hypergradient would
+        otherwise keep raising η until one step kills the network. With a schedule as
         ``learning_rate`` it holds the scheduled rate s_n·η⁽⁰⁾. ``bounds=(0.0, None)``
         lifts it.
 
