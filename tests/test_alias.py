@@ -124,6 +124,17 @@ def test_with_a_schedule_the_bound_holds_the_scheduled_rate():
     np.testing.assert_allclose(rate.max(), 1.0, rtol=1e-5)
 
 
+def test_a_schedule_through_zero_keeps_the_bounded_rate_finite():
+    # Where s_n = 0 the bound hi/s_n would be infinite and lo/s_n undefined: the factor then
+    # keeps only its own lower bound, and the rate s_n·η⁽⁰⁾ is bounded again once s_n > 0.
+    warmup = optax.linear_schedule(0.0, 0.5, transition_steps=5)
+    factor, updates = _far_target_rates(lrr_optax.lrr_adam(warmup, warmup_steps=0))
+    rate = np.asarray([float(warmup(n)) for n in range(len(factor))]) * factor
+    assert np.all(np.isfinite(factor)) and np.all(factor > 0)
+    assert np.all(np.isfinite(updates["w"]))
+    assert rate.max() <= 1.0 + 1e-5
+
+
 @pytest.mark.parametrize("alias", [lrr_optax.lrr_sgd, lrr_optax.lrr_adam, lrr_optax.lrr_adamw])
 def test_aliases_validate_like_the_transformation(alias):
     with pytest.raises(ValueError, match="rule"):
