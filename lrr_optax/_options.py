@@ -85,15 +85,11 @@ class Config:
         scale = jnp.asarray(value_at(self.envelope, count))
         positive = scale > 0
         scale = jnp.where(positive, scale, jnp.ones_like(scale))
-        lower = (
-            rule.lower
-            if rule.lower is None
-            else jnp.where(positive, rule.lower / scale, rule.lower)
-        )
-        upper = (
-            rule.upper if rule.upper is None else jnp.where(positive, rule.upper / scale, jnp.inf)
-        )
-        return rule._replace(lower=lower, upper=upper)
+
+        def held(bound, otherwise):
+            return bound if bound is None else jnp.where(positive, bound / scale, otherwise)
+
+        return rule._replace(lower=held(rule.lower, rule.lower), upper=held(rule.upper, jnp.inf))
 
 
 def value_at(value, count):

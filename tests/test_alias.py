@@ -91,8 +91,9 @@ def _far_target_rates(tx, steps=40, curvature=1.0):
 
 @pytest.mark.parametrize("alias", [lrr_optax.lrr_adam, lrr_optax.lrr_adamw])
 def test_adam_aliases_bound_the_rate_by_one(alias):
-    kwargs = dict(warmup_steps=0, weight_decay=0.0) if alias is lrr_optax.lrr_adamw else {}
-    kwargs.setdefault("warmup_steps", 0)
+    kwargs = dict(warmup_steps=0)
+    if alias is lrr_optax.lrr_adamw:
+        kwargs["weight_decay"] = 0.0
     bounded, _ = _far_target_rates(alias(0.5, **kwargs))
     unbounded, _ = _far_target_rates(alias(0.5, bounds=(0.0, None), **kwargs))
     assert unbounded.max() > 2.0  # the rate would climb past the bound
