@@ -48,6 +48,11 @@ class Config:
         return bool(self.rules) and self.rules[0].normalized
 
     @property
+    def one_step(self) -> bool:
+        """Whether the horizon is a concrete 0: the trace is then s_{n−1}·d_{n−1} alone."""
+        return _concrete(self.horizon) == 0
+
+    @property
     def ring_sizes(self) -> tuple[int, ...]:
         """L_j for j = 1 … m−1: how many steps back order j reads α⁽ʲ⁻¹⁾."""
         if self.schedule == "cascade":

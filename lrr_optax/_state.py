@@ -39,7 +39,8 @@ class LearningRateRatesState(NamedTuple):
       prev_direction: the step the hypergradient of η⁽⁰⁾ looks back along, like the
         params: the last applied direction s_{n−1}·d_{n−1} (s the envelope), or its
         discounted trace u_n = s_{n−1}·d_{n−1} + γ·u_{n−1} with a horizon γ > 0. ``()`` at
-        order 0.
+        order 0. Where a direction overflowed (inf) it holds that value for one step, as the
+        update did; the next hypergradient leaves such elements out.
     """
 
     count: jax.Array

@@ -361,6 +361,47 @@ def test_overflowing_hypergradient_keeps_the_rate():
             assert np.all(np.isfinite(leaf))
 
 
+@pytest.mark.parametrize("granularity", ["parameter", "tensor"])
+def test_nonfinite_gradients_with_the_adam_direction(granularity):
+    # The Adam direction's trace is the update's own input (γ = 0): bad gradient elements
+    # must still reach neither it nor the rates.
+    direction = optax_promotion(optax.scale_by_adam())
+    tx = lrr_optax.learning_rate_rates(1e-2, direction=direction, granularity=granularity)
+    update = jax.jit(tx.update)
+    initial = PROBLEM.params(jnp.float64)
+    for bad in (np.nan, np.inf):
+        params, state = initial, tx.init(initial)
+        for n in range(12):
+            grads = jax.grad(PROBLEM.loss)(params, n)
+            if n in (3, 6):
+                grads = {"w": grads["w"].at[0, 0].set(bad), "b": grads["b"]}
+            if n == 8:
+                grads = jax.tree.map(lambda g, bad=bad: jnp.full_like(g, bad), grads)
+            updates, state = update(grads, state, params)
+            for leaf in jax.tree.leaves((state, updates)):
+                assert np.all(np.isfinite(leaf))
+            params = optax.apply_updates(params, updates)
+        assert PROBLEM.loss(params, 0) < PROBLEM.loss(initial, 0)
+
+
+def test_an_overflowing_direction_never_reaches_the_rates():
+    # A direction that overflows in one element: its step is inf there (as the direction
+    # asks) and the trace holds it, but the next hypergradient leaves that element out.
+    direction = optax.stateless(lambda g, _: jax.tree.map(jnp.exp, g))
+    tx = lrr_optax.learning_rate_rates(1e-3, direction=direction, granularity="tensor")
+    step = jax.jit(lrr_optax.update_with_hypergradients(tx))
+    params = {"w": jnp.ones(4, jnp.float32)}
+    grads = {"w": jnp.asarray([100.0, 0.0, np.log(2.0), np.log(3.0)], jnp.float32)}
+    updates, state, _ = step(grads, tx.init(params))
+    assert np.isinf(updates["w"][0]) and np.all(np.isfinite(updates["w"][1:]))
+    trace = np.asarray(state.prev_direction["w"], np.float64)
+    updates, state, aux = step({"w": jnp.full(4, 0.5, jnp.float32)}, state)
+    # h⁽⁰⁾ = −Σ g·u over the elements where the product is finite.
+    np.testing.assert_allclose(aux.hypergradients[0]["w"], -0.5 * trace[1:].sum(), rtol=1e-6)
+    for leaf in jax.tree.leaves((state, updates)):
+        assert np.all(np.isfinite(leaf))
+
+
 # --- arguments -------------------------------------------------------------------------------
 
 
