@@ -83,6 +83,17 @@ def materialised(x, finite) -> jax.Array:
     return jax.lax.platform_dependent(x, finite, cpu=divided, default=lambda x, f: x)
 
 
+def written_once(x) -> jax.Array:
+    """``x``, written once by its own kernel and read back by every consumer, on CPU only.
+
+    :func:`materialised` by a divisor read from no buffer: an iota over the flattened
+    leaf, finite and different in every element (XLA folds an iota along one axis into a
+    vector, and a divisor broadcast from one, into a multiplication it duplicates again).
+    """
+    divisor = jax.lax.iota(jnp.float32, x.size).reshape(x.shape)
+    return materialised(x, divisor)
+
+
 def one_slot_ring(leaf_rule, eta, above, h, moment):
     """A one-slot ring holding this step's α, computed in the ring's shape.
 

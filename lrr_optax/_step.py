@@ -232,13 +232,13 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
     def descend(e, d, u_prev, g):
         if not _steps_along_trace(config, e, d, u_prev):
             return step(e, d, g), trace(d, u_prev, e)
-        # u_n = s_n·d_n: the update −η⁽⁰⁾·u_n reads it back, written once (``materialised``,
-        # by a finite divisor). A direction that two kernels read, the update's and the
-        # trace's, is a temporary where it divides (Adam's m̂ / (√v̂ + ε)), which XLA:CPU
-        # pages in afresh at every call: measured, a fifth of lrr_adam's step at 10M
-        # parameters. The trace's kernel computes the direction only if it reads it once,
-        # so its non-finite values are zeroed where it is read (``_hypergradients``).
-        u_new = _ordering.materialised(trace(d, u_prev, e, guarded=False), _usable_gradient(g))
+        # u_n = s_n·d_n: the update −η⁽⁰⁾·u_n reads it back (``written_once``). A direction
+        # that two kernels read, the update's and the trace's, is a temporary where it
+        # divides (Adam's m̂ / (√v̂ + ε)), which XLA:CPU pages in afresh at every call:
+        # measured, a fifth of lrr_adam's step at 10M parameters. The trace's kernel
+        # computes the direction itself only if it reads it once, so the guard against a
+        # direction that overflowed moves to where the trace is read (``_hypergradients``).
+        u_new = _ordering.written_once(trace(d, u_prev, e, guarded=False))
         dtype = promote(e.dtype, d.dtype)
         return (-(e.astype(dtype) * u_new.astype(dtype))).astype(g.dtype), u_new
 
