@@ -227,7 +227,7 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
         if not config.one_step:
             horizon = jnp.asarray(config.horizon).astype(e.dtype).astype(dtype)
             applied = applied + horizon * u_prev
-        return _ordering.after(applied, e)
+        return _ordering.after(applied, _ordering.token(e, d))
 
     def descend(e, d, u_prev, g):
         if not _steps_along_trace(config, e, d, u_prev):
@@ -279,6 +279,9 @@ def _step(config: Config, updates, state, params=None, **extra_args):
 
     hypergradients = _hypergradients(config, updates, state)
     etas, alphas, moments, slots = _rates(config, state, hypergradients)
+    if config.granularities[0] == "parameter" and not _ordering.chained_in_order(config):
+        # Written once, so that the trace's kernel can wait for it by reading one element.
+        etas[0] = jax.tree.map(_ordering.written_once, etas[0])
     rings = _rings(config, state, alphas, slots)
     new_updates, prev_direction = _descent(config, etas[0], directions, updates, state)
     new_state = LearningRateRatesState(
