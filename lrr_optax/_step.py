@@ -178,6 +178,10 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
         etas[j], alphas[j], moments[j] = _rules.map_rule(
             leaf_rule, eta, above, hypergradients[j], moment
         )
+        if j == 0 and granularity == "parameter":
+            # Written once, so that the trace's kernel waits for it by reading one element
+            # (``_ordering.token``), and every later reader reads it.
+            etas[0] = jax.tree.map(_ordering.written_once, etas[0])
         if slots[j] is not None and config.normalized and not rule.log_space:
             # The old moment is read by the ring's and η's kernels: written after both.
             moments[j] = jax.tree.map(_ordering.after, moments[j], etas[j])
@@ -279,9 +283,6 @@ def _step(config: Config, updates, state, params=None, **extra_args):
 
     hypergradients = _hypergradients(config, updates, state)
     etas, alphas, moments, slots = _rates(config, state, hypergradients)
-    if config.granularities[0] == "parameter" and not _ordering.chained_in_order(config):
-        # Written once, so that the trace's kernel can wait for it by reading one element.
-        etas[0] = jax.tree.map(_ordering.written_once, etas[0])
     rings = _rings(config, state, alphas, slots)
     new_updates, prev_direction = _descent(config, etas[0], directions, updates, state)
     new_state = LearningRateRatesState(
