@@ -2,18 +2,22 @@
 
 Each optimizer runs ``--steps`` steps inside one ``lax.scan`` with the parameters and the
 state donated, so the figure is the step and not the allocator; the best of ``--reps``
-calls is kept. Writes ``results/speed_defaults.md``.
+calls is kept. ``--rounds`` rounds time every optimizer in turn, and the ratio to
+``optax.adam`` is the median over rounds of the ratio within a round: on a shared machine
+the bandwidth drifts by tens of percent between minutes, less within a round. Writes
+``results/speed_defaults.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 from .. import _common
 
 
-def _timed(tx, params, steps: int, reps: int) -> float:
+def _compiled(tx, params, steps: int):
     import jax
     import optax
 
@@ -34,12 +38,21 @@ def _timed(tx, params, steps: int, reps: int) -> float:
     grads = jax.tree.map(lambda p: jax.numpy.full_like(p, 1e-3), params)
     carry = compiled(params, tx.init(params), grads)
     jax.block_until_ready(carry)
+    return compiled, carry, grads
+
+
+def _timed(program, steps: int, reps: int) -> float:
+    """Best seconds per step over ``reps`` calls; the program keeps its donated carry."""
+    import jax
+
+    compiled, carry, grads = program
     best = float("inf")
     for _ in range(reps):
         start = time.perf_counter()
         carry = compiled(*carry, grads)
         jax.block_until_ready(carry)
         best = min(best, (time.perf_counter() - start) / steps)
+    program[1] = carry
     return best
 
 
@@ -48,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=float, default=10e6, help="parameters (float32)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
     meta = _common.run_meta("python -m benchmarks.speed.defaults", argv)
     start = time.perf_counter()
@@ -66,18 +80,34 @@ def main(argv: list[str] | None = None) -> None:
         "optax.sgd(1e-3)": optax.sgd(1e-3),
         "learning_rate_rates(1e-3)": lrr_optax.learning_rate_rates(1e-3),
     }
-    seconds = {name: _timed(tx, params, args.steps, args.reps) for name, tx in candidates.items()}
-    adam = seconds["optax.adam(1e-3)"]
-    rows = [[name, f"{t * 1e3:.2f}", _common.fmt_ratio(t, adam)] for name, t in seconds.items()]
+    programs = {name: list(_compiled(tx, params, args.steps)) for name, tx in candidates.items()}
+    rounds = [
+        {name: _timed(program, args.steps, args.reps) for name, program in programs.items()}
+        for _ in range(args.rounds)
+    ]
+    adam = "optax.adam(1e-3)"
+    rows = []
+    for name in candidates:
+        ratios = [r[name] / r[adam] for r in rounds]
+        rows.append(
+            [
+                name,
+                f"{statistics.median(r[name] for r in rounds) * 1e3:.2f}",
+                f"{statistics.median(ratios):.2f}×",
+                f"{min(ratios):.2f}–{max(ratios):.2f}",
+            ]
+        )
     meta["load_end"] = _common.load_average()
     meta["wall_s"] = time.perf_counter() - start
     lines = [
         _common.header("Speed of the defaults", meta),
         f"{args.size:.3g} float32 parameters in two leaves, a gradient buffer passed in, "
         f"{args.steps} steps in one `lax.scan` with donated buffers, best of {args.reps} "
-        "calls, pinned to one core (`taskset -c 1`).",
+        f"calls, in each of {args.rounds} rounds that time every optimizer in turn; "
+        "× optax.adam is the median over rounds of the ratio within a round (range: its "
+        "smallest and largest). Run pinned to one core (`taskset -c 1`).",
         "",
-        *_common.table(["optimizer", "ms / step", "× optax.adam"], rows),
+        *_common.table(["optimizer", "ms / step (median)", "× optax.adam", "range"], rows),
         "",
     ]
     path = _common.RESULTS / "speed_defaults.md"
