@@ -61,10 +61,11 @@ def learning_rate_rates(
     step's cost grows linearly with the order. Each h⁽ʲ⁾ is the exact derivative of the
     loss with respect to η⁽ʲ⁾ (see ``docs/math.md`` for the definition and the rules).
 
-    Non-finite numbers never enter the state: a NaN or inf gradient element, or one whose
+    Non-finite numbers never enter the rates: a NaN or inf gradient element, or one whose
     square overflows, is treated as zero (it moves neither its parameter nor its rates);
-    a hypergradient or rule result that overflows leaves that rate unchanged for the step,
-    and a direction whose output is not finite moves nothing.
+    a hypergradient or rule result that overflows leaves that rate unchanged for the step;
+    a direction that overflows from finite gradients moves no rate (its inf is in that
+    step's update and in the trace, which the next hypergradient leaves out).
 
     Args:
       learning_rate: the initial η⁽⁰⁾ (a non-negative float or an array that broadcasts
