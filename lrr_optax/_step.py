@@ -206,6 +206,8 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
     """The update −s_n·η⁽⁰⁾ ⊙ d_n and the trace u_{n+1} the next hypergradient reads.
 
     Without a direction, ``directions`` is the raw gradient, guarded here (``_where_usable``).
+    With one, at γ = 0 the update is −η⁽⁰⁾ ⊙ u_{n+1}, the same product read back from the
+    trace (``_steps_along_trace``).
     """
     dtype = jax.tree.leaves(eta0_tree)[0].dtype if jax.tree.leaves(eta0_tree) else jnp.float32
     scale = _envelope(config, state.count, dtype)
