@@ -178,10 +178,6 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
         etas[j], alphas[j], moments[j] = _rules.map_rule(
             leaf_rule, eta, above, hypergradients[j], moment
         )
-        if j == 0 and granularity == "parameter":
-            # Written once, so that the trace's kernel waits for it by reading one element
-            # (``_ordering.token``), and every later reader reads it.
-            etas[0] = jax.tree.map(_ordering.written_once, etas[0])
         if slots[j] is not None and config.normalized and not rule.log_space:
             # The old moment is read by the ring's and η's kernels: written after both.
             moments[j] = jax.tree.map(_ordering.after, moments[j], etas[j])
