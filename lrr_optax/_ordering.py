@@ -52,7 +52,10 @@ def token(eta, like) -> jax.Array:
 
 def _sharded(x) -> bool:
     # Under explicit sharding a slice of a sharded axis is refused: such rates are read whole.
-    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+    typeof = getattr(jax, "typeof", None)  # absent before explicit sharding (jax < 0.4.36)
+    if typeof is None:
+        return False
+    spec = getattr(getattr(typeof(x), "sharding", None), "spec", None)
     return spec is not None and any(axis is not None for axis in spec)
 
 
