@@ -53,6 +53,13 @@ class Config:
         return _concrete(self.horizon) == 0
 
     @property
+    def trace_guarded_on_read(self) -> bool:
+        """Whether a direction's non-finite values are left out where the trace is read
+        instead of zeroed where it is written: at γ = 0 with a direction, whose trace's
+        kernel computes the direction itself only if it reads it once."""
+        return self.one_step and self.direction is not None
+
+    @property
     def ring_sizes(self) -> tuple[int, ...]:
         """L_j for j = 1 … m−1: how many steps back order j reads α⁽ʲ⁻¹⁾."""
         if self.schedule == "cascade":

@@ -108,7 +108,7 @@ def _hypergradients(config: Config, grads, state: LearningRateRatesState) -> lis
             product = -jnp.real(jnp.conj(g.astype(wide)) * u.astype(wide)).astype(dtype)
         else:
             product = -(g.astype(dtype) * u.astype(dtype))
-        if config.one_step and config.direction is not None:
+        if config.trace_guarded_on_read:
             product = _zero_nonfinite(product)  # u may hold a direction that overflowed
         return _where_usable(g, product)
 
@@ -217,9 +217,9 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
             update = _where_usable(d, update)
         return update.astype(u.dtype)
 
-    def trace(d, u_prev, e, guarded=True):
-        # Other directions than the gradient may still overflow.
-        d = _zero_nonfinite(d) if config.direction is not None and guarded else d
+    def trace(d, u_prev, e):
+        if config.direction is not None and not config.trace_guarded_on_read:
+            d = _zero_nonfinite(d)  # other directions than the gradient may overflow
         dtype = u_prev.dtype
         applied = jnp.asarray(scale).astype(e.dtype).astype(dtype) * d.astype(dtype)
         if config.direction is None:
@@ -239,8 +239,8 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
         # divides (Adam's m̂ / (√v̂ + ε)), which XLA:CPU pages in afresh at every call:
         # measured, a fifth of lrr_adam's step at 10M parameters. The trace's kernel
         # computes the direction itself only if it reads it once, so the guard against a
-        # direction that overflowed moves to where the trace is read (``_hypergradients``).
-        u_new = _ordering.written_once(trace(d, u_prev, e, guarded=False))
+        # direction that overflowed is where the trace is read (``trace_guarded_on_read``).
+        u_new = _ordering.written_once(trace(d, u_prev, e))
         dtype = promote(e.dtype, d.dtype)
         return (-(e.astype(dtype) * u_new.astype(dtype))).astype(g.dtype), u_new
 
@@ -252,9 +252,7 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
 
 def _steps_along_trace(config: Config, e, d, u_prev) -> bool:
     """Whether the update reads η⁽⁰⁾ times the new trace (γ = 0, a direction, full precision)."""
-    if not config.one_step or config.direction is None:
-        return False
-    return u_prev.dtype == promote(e.dtype, d.dtype, u_prev.dtype)
+    return config.trace_guarded_on_read and u_prev.dtype == promote(e.dtype, d.dtype, u_prev.dtype)
 
 
 def _step(config: Config, updates, state, params=None, **extra_args):

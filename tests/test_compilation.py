@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import re
 from functools import partial
 
 import jax
@@ -13,6 +11,7 @@ import optax
 import pytest
 
 import lrr_optax
+from benchmarks.speed import hlo
 
 from .problems import PROBLEMS, optax_promotion
 
@@ -154,17 +153,6 @@ def test_one_program_trains_a_population():
     assert len({float(x) for x in state.etas[0]["out"][1]}) == 4
 
 
-def _large_copies(compiled_text: str, elements: int) -> list[str]:
-    """Copies of buffers with at least ``elements`` elements in the entry computation."""
-    entry = compiled_text[compiled_text.index("ENTRY") :]
-    copies = []
-    for line in entry.splitlines():
-        match = re.search(r"= \w+\[([\d,]*)\][^ ]* copy\(", line)
-        if match and math.prod(int(n) for n in match.group(1).split(",") if n) >= elements:
-            copies.append(line.strip())
-    return copies
-
-
 _ORDERINGS = [(1, "simultaneous", rule) for rule in lrr_optax.RULES] + [
     (3, schedule, rule) for schedule in lrr_optax.SCHEDULES for rule in lrr_optax.RULES
 ]
@@ -197,4 +185,5 @@ def test_a_donated_per_parameter_step_copies_no_state_buffer(order, schedule, ru
         .compile()
         .as_text()
     )
-    assert _large_copies(text, 128) == []
+    # Scalars may be copied (the step count); no buffer of a leaf's row or more.
+    assert hlo.analyze(text).copy_bytes < 128 * 4
