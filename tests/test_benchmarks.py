@@ -228,3 +228,49 @@ def test_speed_bytes_entry_point(tmp_path):
     text = (tmp_path / "speed_bytes.md").read_text()
     assert text.startswith("# Compiled bytes of one step against the byte model")
     assert "| adam | 28 |" in text and "- simultaneous, additive:" in text
+
+
+# XLA:GPU wraps runs of kernels in calls of command-buffer computations; their kernels count.
+_GPU_LIKE_HLO = """HloModule step
+
+%fused_add (p0: f32[1024], p1: f32[1024]) -> f32[1024] {
+  %p0 = f32[1024]{0} parameter(0)
+  %p1 = f32[1024]{0} parameter(1)
+  ROOT %add = f32[1024]{0} add(%p0, %p1)
+}
+
+%body (carry: f32[1024]) -> f32[1024] {
+  %carry = f32[1024]{0} parameter(0)
+  ROOT %scaled = f32[1024]{0} fusion(%carry, %carry), kind=kLoop, calls=%fused_add
+}
+
+%command_buffer (a: f32[1024], b: f32[1024]) -> f32[1024] {
+  %a = f32[1024]{0} parameter(0)
+  %b = f32[1024]{0} parameter(1)
+  ROOT %fusion = f32[1024]{0} fusion(%a, %b), kind=kLoop, calls=%fused_add
+}
+
+%loop_buffer (c: f32[1024]) -> f32[1024] {
+  %c = f32[1024]{0} parameter(0)
+  ROOT %while = f32[1024]{0} while(%c), condition=%cond, body=%body
+}
+
+ENTRY %main (x: f32[1024], y: f32[1024]) -> f32[1024] {
+  %x = f32[1024]{0} parameter(0)
+  %y = f32[1024]{0} parameter(1)
+  %call = f32[1024]{0} call(%x, %y), to_apply=%command_buffer
+  %copy = f32[1024]{0} copy(%call)
+  ROOT %call.1 = f32[1024]{0} call(%copy), to_apply=%loop_buffer
+}
+"""
+
+
+def test_hlo_analysis_walks_into_called_computations():
+    from benchmarks.speed import hlo
+
+    analysis = hlo.analyze(_GPU_LIKE_HLO)
+    # The fusion inside the command buffer (two reads, one write) and the copy.
+    assert (analysis.fusions, analysis.copies, analysis.kernels) == (1, 1, 2)
+    assert analysis.bytes_moved == 3 * 4096 + 2 * 4096
+    assert hlo.while_body(_GPU_LIKE_HLO) == "body"
+    assert hlo.analyze(_GPU_LIKE_HLO, "body").bytes_moved == 3 * 4096

@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compile-repeats", type=int, default=3, help="fresh compiles timed (best kept)"
     )
+    parser.add_argument("--hlo-dir", default="", help="also write each optimized HLO there")
     return parser
 
 
@@ -77,7 +78,7 @@ def _compile(tx, params, state, grads, repeats: int):
     return best, compiled
 
 
-def _row(config, size: int, grads, repeats: int) -> dict:
+def _row(config, size: int, grads, repeats: int, hlo_dir: str = "") -> dict:
     """Compile one donated step of ``config``: what it moves, its compile time and memory."""
     import jax
     import jax.numpy as jnp
@@ -90,7 +91,10 @@ def _row(config, size: int, grads, repeats: int) -> dict:
     state = jax.tree.map(jnp.copy, tx.init(params))
     n = models.count(params)
     compile_s, compiled = _compile(tx, params, state, grads, repeats)
-    analysis = hlo.analyze(compiled.as_text())
+    text = compiled.as_text()
+    if hlo_dir:
+        measure._write_hlo(hlo_dir, config, size, text)
+    analysis = hlo.analyze(text)
     memory = measure._memory(compiled)
     itemsize = jax.tree.leaves(params)[0].dtype.itemsize
     return {
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     path = os.path.join(args.out, f"{args.name}.md")
     rows = []
     for config in _configs(args):
-        rows.append(_row(config, size, grads, args.compile_repeats))
+        rows.append(_row(config, size, grads, args.compile_repeats, args.hlo_dir))
         r = rows[-1]
         print(
             f"{r['name']:<40} model {r['model']:4.0f} HLO {r['hlo']:6.1f} B/p "

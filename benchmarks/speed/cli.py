@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         roofline[size] = run.copy_bandwidth(size, args.min_time)
         print(f"copy roofline at {_size_name(size)}: {roofline[size]}", flush=True)
+    out, raw = Path(args.out), Path(args.raw)
+    out.mkdir(parents=True, exist_ok=True)
+    raw.mkdir(parents=True, exist_ok=True)
     records = []
     grads_by_size = {}
     for size, config in pairs:
@@ -212,17 +215,16 @@ def main(argv: list[str] | None = None) -> int:
             record["rss"] = _rss(config, size, argv)
         records.append(record)
         print(run.line(record), flush=True)
-    meta["wall_s"] = round(time.perf_counter() - start, 1)
-    meta["load_end"] = _common.load_average()
-    out, raw = Path(args.out), Path(args.raw)
-    out.mkdir(parents=True, exist_ok=True)
-    raw.mkdir(parents=True, exist_ok=True)
-    data = {
-        "meta": meta,
-        "roofline": {str(k): v for k, v in roofline.items()},
-        "results": records,
-    }
-    (raw / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
+        # Written after each configuration, so a run cut short (a lent GPU's time) leaves
+        # its rows.
+        meta["wall_s"] = round(time.perf_counter() - start, 1)
+        meta["load_end"] = _common.load_average()
+        data = {
+            "meta": meta,
+            "roofline": {str(k): v for k, v in roofline.items()},
+            "results": records,
+        }
+        (raw / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
     return _render(raw / f"{args.name}.json", out, args.name)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 from .. import _common
 
@@ -62,10 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", default=str(_common.RESULTS), help="folder for NAME.md")
+    parser.add_argument("--name", default="speed_defaults", help="file name stem of the report")
     args = parser.parse_args(argv)
     meta = _common.run_meta("python -m benchmarks.speed.defaults", argv)
     start = time.perf_counter()
 
+    import jax
     import jax.numpy as jnp
     import optax
 
@@ -105,12 +109,14 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.steps} steps in one `lax.scan` with donated buffers, best of {args.reps} "
         f"calls, in each of {args.rounds} rounds that time every optimizer in turn; "
         "× optax.adam is the median over rounds of the ratio within a round (range: its "
-        "smallest and largest). Run pinned to one core (`taskset -c 1`).",
+        "smallest and largest)."
+        + (" Run pinned to one core (`taskset -c 1`)." if jax.default_backend() == "cpu" else ""),
         "",
         *_common.table(["optimizer", "ms / step (median)", "× optax.adam", "range"], rows),
         "",
     ]
-    path = _common.RESULTS / "speed_defaults.md"
+    path = Path(args.out) / f"{args.name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     print("\n".join(lines))
     print(f"wrote {path}")

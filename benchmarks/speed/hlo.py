@@ -9,7 +9,8 @@ costs the slice (a ring slot; one element used to order kernels costs nothing), 
 fusion whose root updates a slice of an operand in place (a ring write) costs only the
 slice it writes. This is the traffic of the compiled program with XLA's
 own decisions (what it materialises, what it recomputes, what it copies), as opposed to
-the minimal traffic of the algorithm (the byte models in ``configs``).
+the minimal traffic of the algorithm (the byte models in ``configs``). A ``call`` is walked
+into: XLA:GPU wraps runs of kernels in calls of command-buffer computations.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ _FREE = frozenset(
         "opt-barrier",
         "while",
         "conditional",
-        "call",
         "after-all",
         "partition-id",
         "replica-id",
@@ -142,11 +142,22 @@ def _called(instruction: _Instruction, key: str) -> str | None:
 
 
 def while_body(text: str) -> str | None:
-    """The body computation of the (first) ``while`` in the entry computation."""
+    """The body computation of the first ``while`` of the entry computation.
+
+    Looked for in the entry and in the computations it ``call``s (command buffers).
+    """
     computations, entry = parse(text)
-    for instruction in computations.get(entry, []):
-        if instruction.opcode == "while":
-            return _called(instruction, "body")
+    pending, seen = [entry], set()
+    while pending:
+        name = pending.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        for instruction in computations.get(name, []):
+            if instruction.opcode == "while":
+                return _called(instruction, "body")
+            if instruction.opcode == "call":
+                pending.append(_called(instruction, "to_apply") or "")
     return None
 
 
@@ -206,10 +217,17 @@ def analyze(text: str, computation: str | None = None, large: int = 1 << 16) -> 
       large: buffers of at least this many bytes count as large (per-parameter state).
     """
     computations, entry = parse(text)
-    name = computation or entry
-    by_name = {i.name: i for i in computations.get(name, [])}
     result = Analysis()
+    _walk(computations, computation or entry, large, result)
+    return result
+
+
+def _walk(computations: dict, name: str, large: int, result: Analysis) -> None:
+    by_name = {i.name: i for i in computations.get(name, [])}
     for instruction in computations.get(name, []):
+        if instruction.opcode == "call":
+            _walk(computations, _called(instruction, "to_apply") or "", large, result)
+            continue
         if instruction.opcode in _FREE:
             continue
         operand_bytes = [by_name[o].nbytes if o in by_name else 0 for o in instruction.operands]
@@ -240,4 +258,3 @@ def analyze(text: str, computation: str | None = None, large: int = 1 << 16) -> 
         result.bytes_moved += reads + writes
         if max([out_bytes, *operand_bytes]) >= large:
             result.large_kernels += 1
-    return result

@@ -190,7 +190,8 @@ def measure(
     del params, state
     model = record["model_bytes_per_param"] * n
     for mode in ("step", "scan"):
-        if f"{mode}_ms" in record:
+        # A loop too short to time (a tiny size) reads 0: no rate from it.
+        if record.get(f"{mode}_ms"):
             seconds = record[f"{mode}_ms"] * 1e-3
             record[f"{mode}_gbps"] = round(model / seconds / 1e9, 2)
             record[f"{mode}_roofline"] = round(model / seconds / 1e9 / roofline["roofline_gbps"], 3)

@@ -117,7 +117,9 @@ def markdown(data: dict, gpu_results: str | None = None) -> str:
     lines += _targets(records, sizes, data["roofline"])
     for size in sizes:
         lines += _table(records, size)
-    lines += ["", _NOTES]
+    # The notes on what XLA:CPU's programs do are of no use beside another backend's.
+    notes = _NOTES if meta["backend"] == "cpu" else _NOTES.split("## What the HLO shows")[0]
+    lines += ["", notes.rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -271,7 +273,36 @@ def _targets(records, sizes, roofline) -> list[str]:
                 f"- ≥ 80 % of the copy bandwidth at {_size_name(size)} "
                 f"({roofline[str(size)]['roofline_gbps']} GB/s), model bytes: " + "; ".join(parts)
             )
-    # 4. Compile time.
+    # 4. Per-parameter steps at the byte model: HLO bytes and time against the model's.
+    for size in sizes:
+        rows = [
+            r
+            for r in _by_name(records, size).values()
+            if r["kind"] == "lrr" and r.get("granularity") == "parameter" and r["order"] >= 1
+        ]
+        if not rows:
+            continue
+        hlo_ratio = {
+            r["name"]: r["hlo_step"]["bytes_moved"] / r["params"] / r["model_bytes_per_param"]
+            for r in rows
+        }
+        worst = max(hlo_ratio, key=hlo_ratio.get)
+        line = (
+            f"- Per-parameter at {_size_name(size)}: HLO ≤ 1.25× model bytes in "
+            f"{sum(x <= 1.25 for x in hlo_ratio.values())} of {len(rows)} "
+            f"(worst {hlo_ratio[worst]:.2f}×, {worst})"
+        )
+        for mode in ("step", "scan"):
+            roof = {r["name"]: r[f"{mode}_roofline"] for r in rows if f"{mode}_roofline" in r}
+            if roof:
+                slow = min(roof, key=roof.get)
+                line += (
+                    f"; {mode} ≤ 1.5× the model time at the roofline in "
+                    f"{sum(x >= 1 / 1.5 for x in roof.values())} of {len(roof)} "
+                    f"(worst {1 / roof[slow]:.2f}×, {slow})"
+                )
+        lines.append(line)
+    # 5. Compile time.
     ratios = []
     for size in sizes:
         adam = _by_name(records, size).get("adam")
