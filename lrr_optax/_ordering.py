@@ -11,6 +11,14 @@ and a kernel reads one finite value that the previous one wrote (:func:`after`),
 leaves its result unchanged. The pieces other backends may not need apply on XLA:CPU
 only (``jax.lax.platform_dependent``). ``benchmarks/results/speed_issue13.md`` has the
 measurements behind each choice.
+
+XLA:GPU fuses a leaf's whole step into one kernel with several outputs, and lets an output
+overwrite a donated input in place only if every path from the input inside the kernel is
+elementwise and reaches that output. The orderings above would break that (a one-element
+read of the new η is not elementwise; a new trace that does not read the old one has no
+path from it), so there they are dropped, and an output that does not depend on the
+buffer it overwrites is given an elementwise dependence on it (:func:`in_place_of`).
+Measured on an H200 (``benchmarks/results/speed_gpu.md``).
 """
 
 from __future__ import annotations
@@ -26,15 +34,47 @@ from ._options import Config, value_at
 from ._state import LearningRateRatesState
 
 
+def _cpu_only(cpu, default, *args):
+    """``cpu(*args)`` in a program for XLA:CPU, ``default(*args)`` for any other backend.
+
+    One seam for every choice by backend, resolved when the step is lowered (a program
+    lowered for one platform holds one branch); the tests run the other backends' branch
+    on the CPU through it.
+    """
+    return jax.lax.platform_dependent(*args, cpu=cpu, default=default)
+
+
 def after(x, dependency):
-    """``x``, computed after ``dependency`` (finite, broadcastable), which XLA must keep.
+    """``x``, computed after ``dependency`` (finite, broadcastable), which XLA:CPU must keep.
 
     u_n overwrites u_{n−1} in place (donated state, ``lax.scan`` carry) only once every
     kernel that reads u_{n−1} has run; XLA:CPU copies the buffer otherwise, and drops
     optimisation barriers before ordering kernels. Reading the new η⁽⁰⁾ orders the write
-    by data. The rates are finite by construction, so ``x`` passes unchanged.
+    by data. The rates are finite by construction, so ``x`` passes unchanged. Elsewhere
+    ``x`` as it is: in one fused kernel the read would only stop in-place writes.
     """
-    return jnp.where(jnp.isnan(dependency), jnp.zeros_like(x), x)
+
+    def ordered(x, dependency):
+        return jnp.where(jnp.isnan(dependency), jnp.zeros_like(x), x)
+
+    return _cpu_only(ordered, lambda x, dependency: x, x, dependency)
+
+
+def in_place_of(new, old, count):
+    """``new``, which overwrites ``old``, depending on it elementwise off XLA:CPU.
+
+    A new trace or a one-slot ring is computed without its old value, so XLA:GPU finds no
+    path from the old buffer to the new one and writes the new one elsewhere, then copies
+    it back (measured: two copies a leaf at order 1). A select on a step count, which is
+    never negative, reads the old value where the kernel reads the rest and chooses the
+    new one. XLA:CPU writes each output in a kernel of its own, which would only read
+    the old buffer more.
+    """
+
+    def chosen(new, old, count):
+        return jnp.where(count < 0, old.astype(new.dtype), new)
+
+    return _cpu_only(lambda new, old, count: new, chosen, new, old, count)
 
 
 def token(eta, like) -> jax.Array:
@@ -65,7 +105,7 @@ def _on_cpu(dependency) -> jax.Array:
     The orderings by data are for XLA:CPU's copy insertion; elsewhere (not measured)
     reading the dependency would only add its bytes to the kernel.
     """
-    return jax.lax.platform_dependent(dependency, cpu=lambda d: d, default=jnp.zeros_like)
+    return _cpu_only(lambda d: d, jnp.zeros_like, dependency)
 
 
 def written(ring) -> jax.Array:
@@ -83,7 +123,7 @@ def written(ring) -> jax.Array:
     def nothing(r):
         return jnp.zeros((), r.dtype)
 
-    return jax.lax.platform_dependent(ring, cpu=maximum, default=nothing)
+    return _cpu_only(maximum, nothing, ring)
 
 
 def materialised(x, finite) -> jax.Array:
@@ -102,7 +142,7 @@ def materialised(x, finite) -> jax.Array:
     def divided(x, f):
         return x / (1 + 0 * f).astype(x.dtype)
 
-    return jax.lax.platform_dependent(x, finite, cpu=divided, default=lambda x, f: x)
+    return _cpu_only(divided, lambda x, f: x, x, finite)
 
 
 def written_once(x) -> jax.Array:

@@ -187,7 +187,11 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
 def _rings(config: Config, state: LearningRateRatesState, alphas, slots) -> tuple:
     """Each ring's slot ``count mod L_j`` takes this step's α⁽ʲ⁻¹⁾."""
     return tuple(
-        slots[j - 1]
+        jax.tree.map(
+            lambda slot, ring: _ordering.in_place_of(slot, ring, state.count),
+            slots[j - 1],
+            state.alphas[j - 1],
+        )
         if slots[j - 1] is not None
         else jax.tree.map(
             lambda ring, alpha, s=size: _state.ring_write(ring, alpha, state.count, s),
@@ -229,7 +233,11 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
         if not config.one_step:
             horizon = jnp.asarray(config.horizon).astype(e.dtype).astype(dtype)
             applied = applied + horizon * u_prev
-        return _ordering.after(applied, _ordering.token(e, d))
+        applied = _ordering.after(applied, _ordering.token(e, d))
+        # Without u_{n−1}, XLA:GPU would write u_n elsewhere and copy it back.
+        return (
+            applied if not config.one_step else _ordering.in_place_of(applied, u_prev, state.count)
+        )
 
     def descend(e, d, u_prev, g):
         if not _steps_along_trace(config, e, d, u_prev):

@@ -187,3 +187,55 @@ def test_a_donated_per_parameter_step_copies_no_state_buffer(order, schedule, ru
     )
     # Scalars may be copied (the step count); no buffer of a leaf's row or more.
     assert hlo.analyze(text).copy_bytes < 128 * 4
+
+
+_BACKEND_CASES = {
+    "m=1, sgd direction": dict(rates=(1e-2,)),
+    "m=1, adam direction": dict(rates=(1e-2,), direction="adam"),
+    "m=1, horizon": dict(rates=(1e-2,), horizon=0.5),
+    **{
+        f"m=3, {schedule}, {rule}": dict(rates=(1e-2, 1e-3, 1e-4), schedule=schedule, rule=rule)
+        for schedule in lrr_optax.SCHEDULES
+        for rule in lrr_optax.RULES
+    },
+}
+
+
+def _trajectory(case: dict, steps: int = 4):
+    options = dict(case)
+    if options.pop("direction", None):
+        options["direction"] = optax_promotion(optax.scale_by_adam())
+    tx = lrr_optax.learning_rate_rates(0.05, granularity="parameter", **options)
+    params = PROBLEM.params(jnp.float64)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, n):
+        grads = jax.grad(PROBLEM.loss)(params, n)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for n in range(steps):
+        params, state = step(params, state, jnp.asarray(n, jnp.int32))
+    return params, state
+
+
+@pytest.mark.parametrize("name", list(_BACKEND_CASES))
+def test_other_backends_step_computes_the_cpu_step(name, monkeypatch):
+    # The step orders its writes for XLA:CPU and drops the orderings elsewhere
+    # (``_ordering._cpu_only``); both programs compute the same step. Here the other
+    # backends' branch runs on the CPU.
+    from lrr_optax import _ordering
+
+    expected = _trajectory(_BACKEND_CASES[name])
+    taken = []
+
+    def default_branch(cpu, default, *args):
+        taken.append(default)
+        return default(*args)
+
+    monkeypatch.setattr(_ordering, "_cpu_only", default_branch)
+    actual = _trajectory(_BACKEND_CASES[name])
+    assert taken, "the step made no choice by backend"
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)
