@@ -250,31 +250,4 @@ def rates_in_order(config: Config, state: LearningRateRatesState, hypergradients
         # Materialised, so that the kernels after it read it instead of recomputing it
         # from the old η it overwrites.
         etas[j] = previous = jax.tree.map(materialised, eta, hypergradients[j])
-    for j in range(order - 1):
-        if config.ring_sizes[j] > 1:
-            rings[j] = jax.tree.map(
-                lambda new, old, alpha, eta, s=config.ring_sizes[j]: _ring_after_read(
-                    new, old, alpha, eta, count, s
-                ),
-                rings[j],
-                state.alphas[j],
-                alphas[j],
-                etas[j + 1],
-            )
     return etas, alphas, moments, rings
-
-
-def _ring_after_read(new, old, alpha, eta_above, count, size: int):
-    """The written ring ``new``; off XLA:CPU, written once ``eta_above`` exists.
-
-    XLA:GPU fuses the reads of a ring's old slot into the kernel that writes the rates,
-    and writes the ring's new slot in a kernel of its own, with nothing between them to
-    order the two: it copied the ring (twice) before writing it in place. The new η above
-    is an output of the kernel that reads the old slot; the slot's α waits for it.
-    """
-
-    def ordered(new, old, alpha, eta, count):
-        alpha = jnp.where(jnp.isnan(eta), jnp.zeros_like(alpha), alpha)
-        return _state.ring_write(old, alpha, count, size)
-
-    return _cpu_only(lambda new, *_: new, ordered, new, old, alpha, eta_above, count)
