@@ -8,11 +8,13 @@
 #
 # Run from the repository root on a machine with an NVIDIA GPU:
 #
-#     OUT=some/folder bash benchmarks/gpu_check.sh
+#     bash benchmarks/gpu_check.sh      # or OUT=some/folder bash benchmarks/gpu_check.sh
 #
-# Results: $OUT/gpu_check.log (everything printed), $OUT/speed_bytes_gpu.md,
-# $OUT/speed_gpu.md and speed_gpu.json, $OUT/speed_defaults_gpu.md, and $OUT/hlo_gpu.tar.gz (the optimized HLO of every
-# step of the bytes table, to re-read with benchmarks/speed/hlo.py without a GPU).
+# Results (OUT defaults to benchmarks/results, where the committed ones are):
+# $OUT/gpu_check.log (everything printed), $OUT/speed_bytes_gpu.md, $OUT/speed_gpu.md and
+# speed_gpu.json, $OUT/speed_defaults_gpu.md, and $OUT/hlo_gpu.tar.gz (the optimized HLO of
+# every step of the bytes table, to re-read with benchmarks/speed/hlo.py without a GPU; not
+# committed).
 # It uses the jax already installed when it sees a GPU; otherwise it installs jax with
 # CUDA from wheels in .whl/ (a machine without network: download them elsewhere with
 # `pip download --only-binary=:all: -d .whl "jax[cuda13]"`, or cuda12), else from PyPI.
@@ -21,7 +23,7 @@
 # an H200) and writes its rows as it goes, so a phase cut short still reports what it did.
 set -uo pipefail
 
-OUT="${OUT:-benchmarks/results/gpu}"
+OUT="${OUT:-benchmarks/results}"
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -76,14 +78,14 @@ for tx in (
 PY
 
     echo "== compiled bytes, compile time and memory per parameter (no step run)"
-    timeout 180 "$PY" -m benchmarks.speed.bytes --compile-repeats 1 \
+    timeout 150 "$PY" -m benchmarks.speed.bytes --compile-repeats 1 \
         --rules additive,normalized,multiplicative,log_normalized \
         --out "$OUT" --name speed_bytes_gpu --hlo-dir /tmp/hlo_gpu
     echo "bytes exit status: $?"
     tar -czf "$OUT/hlo_gpu.tar.gz" -C /tmp hlo_gpu 2>/dev/null || true
 
     echo "== speed table (10M and 50M, per-parameter)"
-    timeout 200 "$PY" -m benchmarks.speed --cpu none --sizes 10M,50M --orders 0-3,6 \
+    timeout 150 "$PY" -m benchmarks.speed --cpu none --sizes 10M,50M --orders 0-3,6 \
         --rules additive,normalized --granularities parameter \
         --rss-sizes "" --out "$OUT" --raw "$OUT" --name speed_gpu
     status=$?
@@ -98,6 +100,6 @@ PY
 
     echo "== oracle tests on the GPU (float64): tests/test_oracle.py"
     # -o addopts: the project's addopts name nbmake, which the GPU image need not have.
-    timeout 110 "$PY" -m pytest -q -p no:cacheprovider -o addopts=-ra tests/test_oracle.py
+    timeout 150 "$PY" -m pytest -q -p no:cacheprovider -o addopts=-ra tests/test_oracle.py
     echo "oracle exit status: $?"
 } 2>&1 | tee "$OUT/gpu_check.log"
