@@ -194,6 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     raw.mkdir(parents=True, exist_ok=True)
     records = []
+
+    def save() -> None:
+        # After each configuration, so a run cut short (a lent GPU's time) leaves its rows.
+        meta["wall_s"] = round(time.perf_counter() - start, 1)
+        meta["load_end"] = _common.load_average()
+        data = {
+            "meta": meta,
+            "roofline": {str(k): v for k, v in roofline.items()},
+            "results": records,
+        }
+        (raw / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
+
+    save()
     grads_by_size = {}
     for size, config in pairs:
         if size not in grads_by_size:
@@ -215,16 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             record["rss"] = _rss(config, size, argv)
         records.append(record)
         print(run.line(record), flush=True)
-        # Written after each configuration, so a run cut short (a lent GPU's time) leaves
-        # its rows.
-        meta["wall_s"] = round(time.perf_counter() - start, 1)
-        meta["load_end"] = _common.load_average()
-        data = {
-            "meta": meta,
-            "roofline": {str(k): v for k, v in roofline.items()},
-            "results": records,
-        }
-        (raw / f"{args.name}.json").write_text(json.dumps(data, indent=1) + "\n")
+        save()
     return _render(raw / f"{args.name}.json", out, args.name)
 
 
