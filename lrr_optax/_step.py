@@ -185,12 +185,18 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
 
 
 def _rings(config: Config, state: LearningRateRatesState, alphas, slots) -> tuple:
-    """Each ring's slot ``count mod L_j`` takes this step's α⁽ʲ⁻¹⁾."""
+    """Each ring's slot ``count mod L_j`` takes this step's α⁽ʲ⁻¹⁾.
+
+    ``slots`` holds the rings the rates' phase already wrote; a one-slot ring among them is
+    computed without the ring it replaces (``_ordering.in_place_of``).
+    """
+
+    def written(slot, ring, size):
+        return _ordering.in_place_of(slot, ring, state.count) if size == 1 else slot
+
     return tuple(
         jax.tree.map(
-            lambda slot, ring: _ordering.in_place_of(slot, ring, state.count),
-            slots[j - 1],
-            state.alphas[j - 1],
+            lambda slot, ring, s=size: written(slot, ring, s), slots[j - 1], state.alphas[j - 1]
         )
         if slots[j - 1] is not None
         else jax.tree.map(
@@ -228,16 +234,14 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
         applied = jnp.asarray(scale).astype(e.dtype).astype(dtype) * d.astype(dtype)
         if config.direction is None:
             applied = _where_usable(d, applied)
-        # At γ = 0 u_{n−1} is not read: ordered after the new η (``after``), XLA:CPU writes
-        # u_n in place all the same (measured: 48 → 44 bytes a parameter at m = 1).
         if not config.one_step:
             horizon = jnp.asarray(config.horizon).astype(e.dtype).astype(dtype)
-            applied = applied + horizon * u_prev
+            return _ordering.after(applied + horizon * u_prev, _ordering.token(e, d))
+        # At γ = 0 u_{n−1} is not read: ordered after the new η (``after``), XLA:CPU writes
+        # u_n in place all the same (measured: 48 → 44 bytes a parameter at m = 1); XLA:GPU
+        # needs the elementwise read of ``in_place_of`` not to write it elsewhere and copy it.
         applied = _ordering.after(applied, _ordering.token(e, d))
-        # Without u_{n−1}, XLA:GPU would write u_n elsewhere and copy it back.
-        return (
-            applied if not config.one_step else _ordering.in_place_of(applied, u_prev, state.count)
-        )
+        return _ordering.in_place_of(applied, u_prev, state.count)
 
     def descend(e, d, u_prev, g):
         if not _steps_along_trace(config, e, d, u_prev):
