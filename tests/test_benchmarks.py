@@ -108,6 +108,24 @@ def test_goal_against_a_tuned_adam_loss_of_zero():
     assert on_par["worst_over_adam"] == 1.0 and on_par["met"]
 
 
+def test_lr_free_wins_count_problems_where_the_worst_case_is_lower():
+    def problem(worst, prodigy, dog=None):
+        methods = {
+            "lrr_adam (defaults)": {"worst_in_range": worst, "lr_mode": "swept"},
+            "prodigy": {"final": prodigy, "lr_mode": "default"},
+            "adam": {"final": 1.0, "lr_mode": "tuned"},
+        }
+        if dog is not None:
+            methods["dog"] = {"final": dog, "lr_mode": "default"}
+        return {"methods": methods}
+
+    scores = {"a": problem(1.0, 2.0, dog=0.5), "b": problem(3.0, 2.0), "c": problem(2.0, 2.0)}
+    wins = metrics.lr_free_wins(scores, "lrr_adam (defaults)")
+    # Ties are not wins; an optimizer counts only the problems it ran.
+    assert wins == {"prodigy": (1, 3), "dog": (0, 1)}
+    assert metrics.lr_free_wins(scores, "lrr_sgd (defaults)") == {}
+
+
 # --- the quality suite --------------------------------------------------------------------------
 
 
@@ -141,7 +159,8 @@ def test_every_kind_of_method_trains():
 
 def test_quality_entry_point_in_process(tmp_path, capsys):
     argv = ["--problem", "rosenbrock", "--problem", "diabetes", "--steps", "4", "--seeds", "1"]
-    argv += ["--evals", "2", "--workers", "0", "--results", str(tmp_path), "--raw", str(tmp_path)]
+    raw = tmp_path / "raw"
+    argv += ["--evals", "2", "--workers", "0", "--results", str(tmp_path), "--raw", str(raw)]
     argv += ["--methods", "lrr_adam"]
     argv += ["--variant", "bigger top:rates=(0.3,0.1)", "--out", "tiny"]
     with jax.numpy_dtype_promotion("standard"):
@@ -156,6 +175,12 @@ def test_quality_entry_point_in_process(tmp_path, capsys):
     assert set(summary["scores"]["diabetes"]["methods"]) == {"lrr_adam (defaults)", "bigger top"}
     assert all((tmp_path / f"tiny{s}.png").stat().st_size > 0 for s in ("", "_curves"))
     assert "Problems the defaults were chosen on" in capsys.readouterr().out
+    # The report is a function of the raw results alone: redone from them, it is the same.
+    (tmp_path / "tiny.md").unlink()
+    assert cli.main(["--report", "tiny", "--results", str(tmp_path), "--raw", str(raw)]) == 0
+    assert (tmp_path / "tiny.md").read_text() == text
+    with pytest.raises(SystemExit, match="no raw results"):
+        cli.main(["--report", "missing", "--raw", str(raw)])
 
 
 def test_demo_entry_point(tmp_path):

@@ -8,6 +8,8 @@ writes ``NAME_quick.*``. ``--demo`` (1-2 minutes) prints the headline table: lrr
 its defaults from initial learning rates 1e-6 … 1 against grid-tuned Adam and Prodigy.
 ``--variant name:key=value,...`` adds an lrr method (values are Python literals, e.g.
 ``--variant 'no warmup:warmup=0'`` or ``--variant 'top 0.1:rates=(0.3,0.1),direction=sgd'``).
+``--report NAME`` redoes the report, summary and figures of ``NAME`` from its raw results
+without training (a run's own report is rendered the same way, from the file it wrote).
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--raw", default=str(_common.RAW), help="folder of the raw results")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--report", metavar="NAME", help="redo the report of NAME from its raw results, no training"
+    )
     return parser
 
 
@@ -60,7 +65,14 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from pathlib import Path
 
-    from . import methods, report, runner, suite
+    if args.report:
+        raw = Path(args.raw) / f"{args.report}.json"
+        if not raw.exists():
+            sys.exit(f"no raw results {raw}: run the benchmark with --out {args.report} first")
+        _report(raw, args, demo=args.report == "demo" or args.demo)
+        return 0
+
+    from . import methods, runner, suite
 
     # Parsed here, so that a typo fails before any worker starts.
     variants = [methods.parse_variant(spec) for spec in args.variant + args.lrr]
@@ -106,16 +118,36 @@ def main(argv=None) -> int:
     }
     meta["variants"] = {m.name: {"direction": m.direction, **m.options} for m in variants}
 
-    results_dir, raw_dir = Path(args.results), Path(args.raw)
+    raw = _common.write_json(Path(args.raw) / f"{name}.json", {"meta": meta, "results": results})
+    _report(raw, args, roles, demo=args.demo)
+    return 1 if errors else 0
+
+
+def _report(raw_path, args, roles=None, demo=False) -> None:
+    """The report, summary and figures of one run, from its raw results on disk (a run is
+    hours of compute; its report can be redone from the file at any time)."""
+    import json
+    from pathlib import Path
+
+    from . import methods, report, suite
+
+    raw = json.loads(Path(raw_path).read_text())
+    meta, results = raw["meta"], raw["results"]
+    if roles is None:
+        problems = dict.fromkeys(r["problem"] for r in results)
+        roles = {problem: suite.build_problem(problem).role for problem in problems}
+    name = Path(raw_path).stem
+    results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
-    # The raw results first: a run is hours of compute, a report can be redone from them.
-    written = [_common.write_json(raw_dir / f"{name}.json", {"meta": meta, "results": results})]
     scores = report.score(results, roles)
+    written = [raw_path]
     written.append(_common.write_json(results_dir / f"{name}.json", report.summary(meta, scores)))
-    if args.demo:
-        swept = ["lrr_adam (defaults)", *(m.name for m in variants)]
+    if demo:
+        variants = list(meta.get("variants", {}))
+        swept = ["lrr_adam (defaults)", *variants]
         text = report.headline(scores, methods.DEMO_LRS, swept, ["prodigy"])
-        note = _DEMO_NOTE.format(seeds=options["seeds"])
+        seeds = meta.get("options", {}).get("seeds", "?")
+        note = _DEMO_NOTE.format(seeds=seeds)
         markdown = _common.header("Demo: lrr_adam at its defaults", meta) + "\n" + note
         markdown += "\n" + text + "\n"
         print(text)
@@ -124,10 +156,10 @@ def main(argv=None) -> int:
         print(markdown.split("\n### Final")[0])
     (results_dir / f"{name}.md").write_text(markdown)
     written.append(results_dir / f"{name}.md")
-    if not args.no_plots and not args.demo:
+    if not args.no_plots and not demo:
         written += report.plots(results, scores, results_dir, name)
-    print(f"wall time {meta['wall_s']:.0f} s; wrote " + ", ".join(str(p) for p in written))
-    return 1 if errors else 0
+    wall = meta.get("wall_s")
+    print(f"wall time {wall:.0f} s; wrote " + ", ".join(str(p) for p in written))
 
 
 _DEMO_NOTE = (

@@ -159,3 +159,20 @@ def goal(scores: dict[str, Any], name: str) -> dict[str, Any]:
         "beats_lr_free_low": sum(low < v for v in free),
         "lr_free": len(free),
     }
+
+
+def lr_free_wins(scores: dict[str, Any], name: str) -> dict[str, tuple[int, int]]:
+    """For each LR-free optimizer at its defaults: on how many problems ``name``'s worst
+    final loss over the initial rates 1e-6 … 1 is below the optimizer's, of how many
+    problems ran both."""
+    wins: dict[str, list[int]] = {}
+    for s in scores.values():
+        row = s["methods"].get(name)
+        if row is None or row["worst_in_range"] is None:
+            continue
+        for other, r in s["methods"].items():
+            if r["lr_mode"] == "default":
+                tally = wins.setdefault(other, [0, 0])
+                tally[0] += row["worst_in_range"] < r["final"]
+                tally[1] += 1
+    return {other: (won, total) for other, (won, total) in wins.items()}

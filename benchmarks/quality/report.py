@@ -42,6 +42,7 @@ def markdown(scores: dict[str, Any], header: str) -> str:
         lines += [f"## {title}", ""]
         lines += _goal_table(scores, problems)
         lines += _overview(scores, problems)
+    lines += _lr_free_table(scores)
     lines += _order_table(scores, list(scores))
     for problem in scores:
         lines += _problem_table(problem, scores[problem])
@@ -78,6 +79,25 @@ def _goal_table(scores, problems) -> list[str]:
             )
         rows.append([problem, fmt(s["adam_best"]), *cells])
     return lines + table(headers, rows) + [""]
+
+
+def _lr_free_table(scores) -> list[str]:
+    tallies = {name: metrics.lr_free_wins(scores, name) for name in DEFAULT_METHODS}
+    others = list(dict.fromkeys(o for t in tallies.values() for o in t))
+    if not others:
+        return []
+    lines = [
+        "### The defaults' worst case against each learning-rate-free optimizer",
+        "",
+        "On how many problems (all roles) the worst seed-median final loss over the initial "
+        "rates 1e-6 … 1 is below the optimizer's at its defaults.",
+        "",
+    ]
+    rows = [
+        [name] + [f"{t[o][0]}/{t[o][1]}" if o in t else "—" for o in others]
+        for name, t in tallies.items()
+    ]
+    return lines + table(["defaults", *others], rows) + [""]
 
 
 def _cell(row: dict) -> str:
