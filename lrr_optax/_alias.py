@@ -6,7 +6,14 @@ from typing import Any
 import optax
 
 from ._granularity import Granularity
-from ._options import DEFAULT_RATES, Schedule
+from ._options import (
+    DEFAULT_RATES,
+    HORIZON,
+    SGD_HORIZON,
+    SGD_WARMUP_STEPS,
+    WARMUP_STEPS,
+    Schedule,
+)
 from ._rules import Rule
 from ._transform import Bounds, learning_rate_rates
 
@@ -32,9 +39,9 @@ def lrr_sgd(
     state_dtype: Any = None,
     normalizer_decay: float = 0.99,
     normalizer_eps: float = 1e-30,
-    warmup_steps: int = 100,
+    warmup_steps: int = SGD_WARMUP_STEPS,
     warmup_start: float = 1e-3,
-    horizon: float = 0.0,
+    horizon: float = SGD_HORIZON,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -42,8 +49,15 @@ def lrr_sgd(
 
     The direction is the gradient, or its momentum trace
     :math:`d_n = g_n + \mu d_{n-1}` (``optax.trace``); the rates adapt as in
-    :func:`learning_rate_rates`. At order 1, global granularity and the additive rule
-    with no bounds, this is SGD-HD of Baydin et al. (2018).
+    :func:`learning_rate_rates`, with two defaults of its own: the hypergradient of η⁽⁰⁾
+    looks back along a trace of past steps discounted by ``horizon`` γ = 0.9,
+    :math:`h^{(0)}_n = -g_n \odot u_n`, :math:`u_n = s_{n-1} d_{n-1} + \gamma u_{n-1}`, and
+    the safe start ramps over ``warmup_steps`` = 200 steps. The one-step hypergradient
+    (γ = 0) holds SGD's rate where the next step is best, below the edge of stability where
+    networks train fastest; along a direction where SGD oscillates the trace cancels, so
+    the rate can rise to where the flat directions progress. At order 1, global
+    granularity, the additive rule with no bounds, γ = 0 and no warm-up, this is SGD-HD of
+    Baydin et al. (2018).
 
     Args:
       learning_rate: the initial learning rate η⁽⁰⁾.
@@ -104,9 +118,9 @@ def lrr_adam(
     state_dtype: Any = None,
     normalizer_decay: float = 0.99,
     normalizer_eps: float = 1e-30,
-    warmup_steps: int = 100,
+    warmup_steps: int = WARMUP_STEPS,
     warmup_start: float = 1e-3,
-    horizon: float = 0.0,
+    horizon: float = HORIZON,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -187,9 +201,9 @@ def lrr_adamw(
     state_dtype: Any = None,
     normalizer_decay: float = 0.99,
     normalizer_eps: float = 1e-30,
-    warmup_steps: int = 100,
+    warmup_steps: int = WARMUP_STEPS,
     warmup_start: float = 1e-3,
-    horizon: float = 0.0,
+    horizon: float = HORIZON,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
 ) -> optax.GradientTransformationExtraArgs:

@@ -22,6 +22,17 @@ from . import _rules
 Schedule = Literal["simultaneous", "cascade"]
 SCHEDULES: tuple[Schedule, ...] = ("simultaneous", "cascade")
 DEFAULT_RATES: tuple[float, ...] = (0.3, 0.01)
+# ``learning_rate_rates`` keeps the seed's one-step hypergradient and the shorter ramp; the
+# aliases are recipes measured per direction (``benchmarks/results/defaults.md``). For
+# ``lrr_sgd``: the one-step hypergradient holds SGD's rate where the next step is best,
+# below the edge of stability where networks train fastest; a discounted trace weighs the
+# progress along flat directions by 1/(1 − γ) against the oscillation along steep ones by
+# 1/(1 + γ). The longer ramp keeps the faster-rising rate from a divergent start on
+# Rosenbrock's walls. With the Adam direction a horizon costs the networks.
+WARMUP_STEPS = 100
+HORIZON = 0.0
+SGD_WARMUP_STEPS = 200
+SGD_HORIZON = 0.9
 # The count is int32; it wraps by a multiple of every ring size, so the rings keep turning.
 _MAX_PERIOD = 2**24
 

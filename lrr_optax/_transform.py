@@ -7,7 +7,7 @@ import optax
 
 from . import _options, _step
 from ._granularity import Granularity
-from ._options import DEFAULT_RATES, Schedule
+from ._options import DEFAULT_RATES, HORIZON, WARMUP_STEPS, Schedule
 from ._rules import Rule
 
 Bounds = tuple[float | None, float | None]
@@ -26,9 +26,9 @@ def learning_rate_rates(
     state_dtype: Any = None,
     normalizer_decay: float = 0.99,
     normalizer_eps: float = 1e-30,
-    warmup_steps: int = 100,
+    warmup_steps: int = WARMUP_STEPS,
     warmup_start: float = 1e-3,
-    horizon: float = 0.0,
+    horizon: float = HORIZON,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
 ) -> optax.GradientTransformationExtraArgs:
@@ -100,10 +100,12 @@ def learning_rate_rates(
         many gradients are tiny.
       warmup_steps: the safe start: the first ``warmup_steps`` updates are multiplied by
         a geometric ramp from ``warmup_start`` to 1, part of s_n (so the hypergradient
-        sees the step that was applied). 0 turns it off; 100 by default.
+        sees the step that was applied). 0 turns it off; 100 by default (``lrr_sgd``:
+        200).
       warmup_start: the ramp's first factor, in (0, 1].
       horizon: γ in [0, 1), the discount of the trace u_n the hypergradient of η⁽⁰⁾
-        looks back along; 0 is the one-step hypergradient.
+        looks back along; 0 (the default) is the one-step hypergradient. ``lrr_sgd``
+        uses 0.9.
       anneal_steps: K of the rates' annealing: every adapted order's step (after the
         clip) is multiplied by (1 + k/K)^(−1/2), k the steps that order has run, so that
         under noise the rates settle instead of random-walking. 30 by default; ``None``

@@ -18,11 +18,27 @@ from .problems import optax_promotion, train
 def test_lrr_sgd(momentum, nesterov):
     alias = lrr_optax.lrr_sgd(0.05, (1e-2, 1e-3), momentum=momentum, nesterov=nesterov)
     direction = None if momentum is None else optax.trace(momentum, nesterov)
-    explicit = lrr_optax.learning_rate_rates(0.05, (1e-2, 1e-3), direction=direction)
+    # lrr_sgd's own defaults: a horizon of 0.9 and a 200-step ramp.
+    explicit = lrr_optax.learning_rate_rates(
+        0.05, (1e-2, 1e-3), direction=direction, horizon=0.9, warmup_steps=200
+    )
     chex.assert_trees_all_close(
         train(alias, 12, promotion="standard")[:2],
         train(explicit, 12, promotion="standard")[:2],
         rtol=1e-14,
+    )
+
+
+def test_only_lrr_sgd_looks_back_by_default():
+    # The base transformation keeps the seed's one-step hypergradient; lrr_sgd's recipe
+    # differs from it, and a horizon of 0 with the shorter ramp gives it back exactly.
+    def run(tx):
+        return train(tx, 12, promotion="standard")[0]
+
+    base = run(lrr_optax.learning_rate_rates(0.05))
+    assert not np.allclose(run(lrr_optax.lrr_sgd(0.05))["w"], base["w"], rtol=1e-6)
+    chex.assert_trees_all_close(
+        run(lrr_optax.lrr_sgd(0.05, horizon=0.0, warmup_steps=100)), base, rtol=1e-14
     )
 
 
