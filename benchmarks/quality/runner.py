@@ -173,8 +173,11 @@ def run_serial(jobs: list[tuple[str, m.Method]], options: dict, progress=None):
 
 
 def run_parallel(jobs: list[tuple[str, m.Method]], options: dict, workers: int, progress=None):
-    """Run ``jobs`` on ``workers`` spawned processes, each pinned to its own core (in this
-    process when ``workers`` is 0)."""
+    """Run ``jobs`` on ``workers`` spawned processes (in this process when ``workers`` is 0),
+    each pinned to its own core when there is one worker per core this process may use.
+
+    With fewer workers they are not pinned, so two runs started side by side (or under
+    ``taskset``) do not both land on the first core."""
     if workers == 0:
         return run_serial(jobs, options, progress)
     import multiprocessing as mp
@@ -187,7 +190,7 @@ def run_parallel(jobs: list[tuple[str, m.Method]], options: dict, workers: int, 
     processes = []
     for w in range(workers):
         job_queue.put(None)
-        core = cores[w % len(cores)] if cores and workers <= len(cores) else None
+        core = cores[w] if cores and workers == len(cores) else None
         process = context.Process(
             target=_worker, args=(core, job_queue, result_queue, options), daemon=True
         )

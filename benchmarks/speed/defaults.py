@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         "lrr_adam(1e-3, horizon=0.5)": lrr_optax.lrr_adam(1e-3, horizon=0.5),
         "optax.sgd(1e-3)": optax.sgd(1e-3),
         "learning_rate_rates(1e-3)": lrr_optax.learning_rate_rates(1e-3),
+        "lrr_sgd(1e-3)": lrr_optax.lrr_sgd(1e-3),
     }
     programs = {name: list(_compiled(tx, params, args.steps)) for name, tx in candidates.items()}
     rounds = [
