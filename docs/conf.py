@@ -139,7 +139,6 @@ CURATED = (
     ("quick.md", "The goal", "Headline: the defaults at every initial learning rate"),
     ("quick.md", "Order study", "What the order buys"),
     ("defaults.md", "What ships", "The defaults"),
-    ("defaults.md", "Why each choice", "Why these defaults"),
     ("defaults.md", "Where the goal is not met", "Where the goal is not met"),
 )
 HEADLINE_FIGURE = "quick.png"
