@@ -53,11 +53,11 @@ def lrr_sgd(
     looks back along a trace of past steps discounted by ``horizon`` γ = 0.9,
     :math:`h^{(0)}_n = -g_n \odot u_n`, :math:`u_n = s_{n-1} d_{n-1} + \gamma u_{n-1}`, and
     the safe start ramps over ``warmup_steps`` = 200 steps. The one-step hypergradient
-    (γ = 0) holds SGD's rate where the next step is best, below the edge of stability where
-    networks train fastest; along a direction where SGD oscillates the trace cancels, so
-    the rate can rise to where the flat directions progress. At order 1, global
-    granularity, the additive rule with no bounds, γ = 0 and no warm-up, this is SGD-HD of
-    Baydin et al. (2018).
+    (γ = 0) holds SGD's rate where the next step is best, about half the stability limit of
+    the steepest direction; along a direction where SGD oscillates the trace cancels, so
+    the rate can rise to where the flat directions progress (``docs/math.md``, "Horizon").
+    At order 1, global granularity, the additive rule with no bounds, γ = 0 and no warm-up,
+    this is SGD-HD of Baydin et al. (2018).
 
     Args:
       learning_rate: the initial learning rate η⁽⁰⁾.

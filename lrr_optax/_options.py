@@ -25,7 +25,7 @@ DEFAULT_RATES: tuple[float, ...] = (0.3, 0.01)
 # ``learning_rate_rates`` keeps the seed's one-step hypergradient and the shorter ramp; the
 # aliases are recipes measured per direction (``benchmarks/results/defaults.md``). For
 # ``lrr_sgd``: the one-step hypergradient holds SGD's rate where the next step is best,
-# below the edge of stability where networks train fastest; a discounted trace weighs the
+# about half the stability limit of the steepest direction; a discounted trace weighs the
 # progress along flat directions by 1/(1 − γ) against the oscillation along steep ones by
 # 1/(1 + γ). The longer ramp keeps the faster-rising rate from a divergent start on
 # Rosenbrock's walls. With the Adam direction a horizon costs the networks.

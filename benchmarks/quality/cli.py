@@ -158,8 +158,7 @@ def _report(raw_path, args, roles=None, demo=False) -> None:
     written.append(results_dir / f"{name}.md")
     if not args.no_plots and not demo:
         written += report.plots(results, scores, results_dir, name)
-    wall = meta.get("wall_s")
-    print(f"wall time {wall:.0f} s; wrote " + ", ".join(str(p) for p in written))
+    print(f"wall time {meta.get('wall_s', 0):.0f} s; wrote " + ", ".join(map(str, written)))
 
 
 _DEMO_NOTE = (
