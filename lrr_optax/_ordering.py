@@ -99,31 +99,15 @@ def _sharded(x) -> bool:
     return spec is not None and any(axis is not None for axis in spec)
 
 
-def _on_cpu(dependency) -> jax.Array:
-    """``dependency`` on XLA:CPU, zeros elsewhere: an :func:`after` that other backends drop.
-
-    The orderings by data are for XLA:CPU's copy insertion; elsewhere (not measured)
-    reading the dependency would only add its bytes to the kernel.
-    """
-    return _cpu_only(lambda d: d, jnp.zeros_like, dependency)
-
-
 def written(ring) -> jax.Array:
-    """A finite scalar that exists once ``ring`` is written, on XLA:CPU (else a constant).
+    """A finite scalar that exists once ``ring`` is written, for :func:`after`.
 
     A reduction is a kernel of its own that XLA neither fuses away nor recomputes, so the
     new η that reads it is ordered after the ring's kernel, the other reader of the old
-    η, and XLA:CPU need not copy η. Elsewhere (not measured) the token is a constant that
-    XLA folds away, so no backend pays for a reduction it may not need.
+    η, and XLA:CPU need not copy η. Off XLA:CPU :func:`after` does not read it, and the
+    reduction is dead code.
     """
-
-    def maximum(r):
-        return jnp.max(r, initial=0)  # ``initial``: a leaf may have no elements
-
-    def nothing(r):
-        return jnp.zeros((), r.dtype)
-
-    return _cpu_only(maximum, nothing, ring)
+    return jnp.max(ring, initial=0)  # ``initial``: a leaf may have no elements
 
 
 def materialised(x, finite) -> jax.Array:
@@ -215,7 +199,7 @@ def rates_in_order(config: Config, state: LearningRateRatesState, hypergradients
         def leaf_rule(eta, rate, h, v, rule=rule, active_steps=active_steps):
             return _rules.apply(rule, eta, rate, h, v, active_steps)
 
-        token = jax.tree.map(_on_cpu, previous)
+        token = previous
         if j + 1 < order:
             size = config.ring_sizes[j]
             # α in a slot's shape: a computation of its own, which XLA does not merge with
@@ -235,7 +219,7 @@ def rates_in_order(config: Config, state: LearningRateRatesState, hypergradients
                     slot,
                 )
                 # Any slot of the new ring is finite; reading one orders η after the write.
-                token = jax.tree.map(lambda r: _on_cpu(r[0]), rings[j])
+                token = jax.tree.map(lambda r: r[0], rings[j])
         if moment is not None:
             # The new moment, which η's kernel reads, is written in place once the ring's
             # kernel has read the old one; η is then ordered after the ring through it.
