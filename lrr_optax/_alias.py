@@ -44,6 +44,7 @@ def lrr_sgd(
     horizon: float = SGD_HORIZON,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
+    spike_rescale: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     r"""SGD (optionally with momentum) with learning rates of learning rates.
 
@@ -66,8 +67,8 @@ def lrr_sgd(
       nesterov: whether to use Nesterov momentum.
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps`` and
-        ``spike_threshold``.
+        ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps``,
+        ``spike_threshold`` and ``spike_rescale``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -98,6 +99,7 @@ def lrr_sgd(
         horizon=horizon,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
+        spike_rescale=spike_rescale,
     )
 
 
@@ -123,6 +125,7 @@ def lrr_adam(
     horizon: float = HORIZON,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
+    spike_rescale: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam with learning rates of learning rates.
 
@@ -140,8 +143,9 @@ def lrr_adam(
       nesterov: whether to use the Nesterov variant (NAdam).
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps`` and
-        ``spike_threshold``.
+        ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps``,
+        ``spike_threshold`` and ``spike_rescale`` (off here: Adam's steps are bounded by
+        the rate).
       bounds: as in :func:`learning_rate_rates`, but ``(0, 1)`` by default: an Adam
         direction's coordinates are at most (1 − β₁)/√(1 − β₂) ≈ 3.2, so η⁽⁰⁾ ≤ 1 keeps
         every coordinate's step below about 3: near convergence the hypergradient would
@@ -179,6 +183,7 @@ def lrr_adam(
         horizon=horizon,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
+        spike_rescale=spike_rescale,
     )
 
 
@@ -206,6 +211,7 @@ def lrr_adamw(
     horizon: float = HORIZON,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
+    spike_rescale: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW with learning rates of learning rates.
 
@@ -225,8 +231,8 @@ def lrr_adamw(
       nesterov: whether to use the Nesterov variant.
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps`` and
-        ``spike_threshold``.
+        ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps``,
+        ``spike_threshold`` and ``spike_rescale`` (off here).
       bounds: as in :func:`lrr_adam`: ``(0, 1)`` by default.
 
     Returns:
@@ -261,4 +267,5 @@ def lrr_adamw(
         horizon=horizon,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
+        spike_rescale=spike_rescale,
     )

@@ -282,6 +282,7 @@ def parse(
     horizon,
     anneal_steps,
     spike_threshold,
+    spike_rescale,
 ) -> Config:
     """Check every option of :func:`learning_rate_rates` and resolve them into a config."""
     if isinstance(rates, str) or not isinstance(rates, Sequence) and not _is_array(rates):
@@ -323,6 +324,11 @@ def parse(
                 "spike_threshold must be finite and > 0 (it is compared with the normalised "
                 "step; 5 by default), or None to clip falls like rises; got 0."
             )
+    if not isinstance(spike_rescale, bool):
+        raise TypeError(
+            f"spike_rescale is True or False (whether a spike divides the rate by its ratio); "
+            f"got {spike_rescale!r}."
+        )
     _nonnegative("warmup", warmup)
     if isinstance(warmup, float):
         raise TypeError(f"warmup is a number of steps and must be an int, got {warmup!r}.")
@@ -389,6 +395,7 @@ def parse(
                 normalizer_eps,
                 anneal_steps,
                 spike_threshold,
+                spike_rescale,
             )
             for j in range(order)
         ),

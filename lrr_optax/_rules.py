@@ -11,9 +11,13 @@ order is chained through (``docs/math.md``, "Rules"). Every rule is written as
     s = s·(1 + k/K)^(−1/2)               # optional annealing, k: steps this order has run
     R = η − ρ·s            (additive family)       α = −s
     R = η·exp(−ρ·s)        (log-space family)      α = −R·s
+    R = R / F              (optional rescale)      α = −R·s
     R = clamp(R, lo, hi)                           α = 0 where clamped
 
-so clipping, normalising and bounds change how a rate moves and never the chain itself.
+where F = min(max(r / max(c, τ), 1), F_max) is the spike's ratio (``log_normalized`` only)
+and r = u / √v̂ₙ₋₁ the signal against the moment before this step, held like v̂ so that α
+keeps its form. Clipping, normalising and bounds change how a rate moves and never the
+chain itself.
 A rule is elementwise on one leaf; the transformation maps it over trees and splits the
 results (:func:`map_rule`).
 """
@@ -32,6 +36,9 @@ Rule = Literal["additive", "normalized", "multiplicative", "log_normalized"]
 RULES: tuple[Rule, ...] = ("additive", "normalized", "multiplicative", "log_normalized")
 NORMALIZED_RULES: frozenset[str] = frozenset({"normalized", "log_normalized"})
 LOG_SPACE_RULES: frozenset[str] = frozenset({"multiplicative", "log_normalized"})
+# The most a spike's ratio divides a rate by in one step: a rate that underflowed to zero
+# would stay there in log space.
+MAX_FALL = 1e6
 
 
 class RuleConfig(NamedTuple):
@@ -47,11 +54,20 @@ class RuleConfig(NamedTuple):
     eps: Any  # ε added to the normaliser's root
     anneal: Any  # K of the step's (1 + k/K)^(−1/2) decay, or None
     spike: Any  # τ: the clipped step's excess over max(c, τ) lowers the rate, or None
+    rescale: bool  # a spike also divides the rate by its ratio F (log_normalized only)
 
     @classmethod
-    def make(cls, rule: Rule, clip, lower, upper, decay, eps, anneal, spike) -> RuleConfig:
+    def make(
+        cls, rule: Rule, clip, lower, upper, decay, eps, anneal, spike, rescale=False
+    ) -> RuleConfig:
         log_space, normalized = rule in LOG_SPACE_RULES, rule in NORMALIZED_RULES
-        return cls(rule, log_space, normalized, clip, lower, upper, decay, eps, anneal, spike)
+        # The ratio needs a history (the normaliser's moment), a scale-free step (log
+        # space) and a threshold, which the clip and τ give.
+        rescale = bool(rescale) and log_space and normalized
+        rescale = rescale and clip is not None and spike is not None
+        return cls(
+            rule, log_space, normalized, clip, lower, upper, decay, eps, anneal, spike, rescale
+        )
 
 
 def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
@@ -78,6 +94,7 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
     signal = eta_c * h if config.log_space else h
 
     new_second_moment = second_moment
+    fall = None
     if config.normalized:
         decay = jnp.asarray(config.decay).astype(compute)
         moment = decay * second_moment + (1 - decay) * jnp.square(signal)
@@ -97,6 +114,22 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
         # there changes nothing but a subnormal moment's rounding.
         bound = jnp.sqrt(debias / (1 - decay))
         step = jnp.clip(step, -bound, bound)
+        if config.rescale:
+            # Measured against the moment before this step: a signal's own weight in the
+            # moment bounds s by √(debias/(1 − β)) (~10), however far it jumped. Read
+            # back from the new moment, v_{n−1} = v_n·(1 − w)/β with w = (1 − β)u²/v_n
+            # the signal's share (a kernel that read the old moment as well would make
+            # XLA:CPU copy it); 1 − w is resolved to rounding, so a larger jump, or one
+            # from no history at all, counts as the largest it resolves (r ≈ 3·10⁴ in
+            # float32).
+            previous = jnp.asarray(active_steps).astype(compute) - 1
+            share = (1 - decay) * jnp.square(signal) / safe
+            rest = jnp.maximum(1 - share, jnp.finfo(compute).eps)
+            odds = share / rest * decay * (1 - decay**previous) / (1 - decay)
+            falls = (signal > 0) & (previous > 0) & informed & (share > 0)
+            # The inner where keeps sqrt's derivative finite at 0 (meta-learning).
+            odds = jnp.where(falls, odds, jnp.ones_like(odds))
+            fall = jnp.where(falls, jnp.sqrt(odds), jnp.zeros_like(odds))
     else:
         step = signal
 
@@ -111,6 +144,13 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
             # Rises stay clipped, and under noise s rarely exceeds τ.
             threshold = jnp.maximum(jnp.asarray(config.spike).astype(compute), clip)
             step = step + jnp.maximum(unclipped - threshold, 0)
+            if fall is not None:
+                # A gradient that jumped r-fold along the last step says the step was about
+                # r times too long (a quadratic wall: the gradient grows with the distance
+                # past the line's minimum). The SGD direction's next step grows with the
+                # gradient, so a rate that falls by e^(−ρs) a step falls too late; the
+                # Adam direction's steps are bounded by the rate and do not need this.
+                fall = jnp.clip(fall / threshold, 1, MAX_FALL)
 
     if config.anneal is not None:
         # A scale-free step is ±1 whether the hypergradient is signal or noise, so log η
@@ -121,6 +161,8 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
 
     if config.log_space:
         new_eta = eta_c * jnp.exp(-rate * step)
+        if fall is not None:
+            new_eta = new_eta / fall
         alpha = -new_eta * step
     else:
         new_eta = eta_c - rate * step

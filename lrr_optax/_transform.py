@@ -31,6 +31,7 @@ def learning_rate_rates(
     horizon: float = HORIZON,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
+    spike_rescale: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Descent along ``direction`` with learning rates that learn themselves, to order m.
 
@@ -115,6 +116,13 @@ def learning_rate_rates(
         outside its own history (an overshoot under way) lowers the rate at once instead
         of by e^(−ρc) a step. Rises stay clipped. Only acts with a ``clip``; 5.0 by
         default (the normalised rules' s stays below 10); ``None`` clips falls like rises.
+      spike_rescale: whether a spike also divides the rate by its ratio
+        F = r / max(c, τ), r the signal against the normaliser's moment before the step
+        (at most 10⁶ a step): a gradient that jumped r-fold says the last step was about
+        r times too long. For the SGD direction, whose steps grow with the gradient, on
+        Rosenbrock's walls; ``lrr_adam`` turns it off (its steps are bounded by the rate).
+        Only with the ``"log_normalized"`` rule, a ``clip`` and a ``spike_threshold``;
+        elsewhere it changes nothing. True by default.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; its update is −s_n·η⁽⁰⁾ ⊙ d_n in the
@@ -162,5 +170,6 @@ def learning_rate_rates(
         horizon=horizon,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
+        spike_rescale=spike_rescale,
     )
     return _step.transformation(config)

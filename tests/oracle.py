@@ -14,6 +14,10 @@ The rules, per order j with ρ the rate above and h the raw hypergradient, eleme
   other rules ``s = u``;
 * optional clip ``s ← clip(s, −c, c)``, plus ``max(s − max(c, τ), 0)`` with a spike τ;
 * additive family ``R = η − ρ s``, ``α = −s``; log family ``R = η exp(−ρ s)``, ``α = −R s``;
+* with the spike's rescale (log_normalized, a clip and τ): ``R ← R / F``, ``α = −R s``,
+  ``F = min(max(r / max(c, τ), 1), 10⁶)``, ``r = u / √v̂ₙ₋₁`` against the moment before the
+  step (``v̂ₙ₋₁ = v / (1 − β^(k−1))``; ``F = 1`` at ``k = 1``; ``r = ∞`` for ``u > 0`` where
+  ``v = 0``), held like ``v̂``;
 * bounds: ``R`` clamped and ``α = 0`` where clamped; a non-finite ``R`` keeps η, ``α = 0``.
 
 The exactness definition: unroll N steps, add δ to η⁽ʲ⁾ right after its own update at
@@ -51,6 +55,7 @@ class Rule(NamedTuple):
     eps: float = 1e-30
     anneal: int | None = None
     spike: float | None = None
+    rescale: bool = False
 
 
 def rule_step(spec: Rule, eta, rho, h, v, k: int):
@@ -59,6 +64,14 @@ def rule_step(spec: Rule, eta, rho, h, v, k: int):
     The normaliser's new statistic enters ``s`` through its real part: it is held.
     """
     u = eta * h if spec.rule in LOG_RULES else h + 0j * eta
+    fall = 1.0
+    rescales = spec.rescale and spec.rule == "log_normalized"
+    if rescales and spec.clip is not None and spec.spike is not None and k > 1:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # No history: a jump from nothing, as large as can be.
+            jump = np.where(np.real(u) > 0, np.inf, 0.0)
+            r = np.where(v > 0, np.real(u) / np.sqrt(v / (1.0 - spec.decay ** (k - 1))), jump)
+        fall = np.clip(r / max(spec.spike, spec.clip), 1.0, 1e6)
     if spec.rule in NORMALIZED_RULES:
         v = spec.decay * v + (1.0 - spec.decay) * np.real(u) ** 2
         v_hat = v / (1.0 - spec.decay**k)
@@ -75,7 +88,7 @@ def rule_step(spec: Rule, eta, rho, h, v, k: int):
     if spec.anneal is not None:
         s = s / np.sqrt(1.0 + k / spec.anneal)
     if spec.rule in LOG_RULES:
-        new = eta * np.exp(-rho * s)
+        new = eta * np.exp(-rho * s) / fall
         alpha = -new * s
     else:
         new = eta - rho * s

@@ -316,11 +316,14 @@ def test_nonfinite_gradients_never_enter_the_state(rule, schedule):
         assert PROBLEM.loss(params, 0) < PROBLEM.loss(initial, 0)
 
 
-@pytest.mark.parametrize("spike_threshold", [None, 5.0])
-def test_a_spike_lowers_the_rate_at_once(spike_threshold):
+@pytest.mark.parametrize(
+    "spike_threshold, spike_rescale", [(None, False), (5.0, False), (5.0, True)]
+)
+def test_a_spike_lowers_the_rate_at_once(spike_threshold, spike_rescale):
     # Steady gradients raise η by the clipped step e^(ρc) at most; then the gradient flips
     # and grows 1000-fold (an overshoot): with the spike threshold η falls by far more than
-    # the clip allows, without it by exactly the clip.
+    # the clip allows, without it by exactly the clip; the rescale divides it by about the
+    # ratio of the jump as well.
     rho, clip = 0.05, 1.0
     tx = lrr_optax.learning_rate_rates(
         1e-2,
@@ -330,6 +333,7 @@ def test_a_spike_lowers_the_rate_at_once(spike_threshold):
         warmup_steps=0,
         anneal_steps=None,
         spike_threshold=spike_threshold,
+        spike_rescale=spike_rescale,
     )
     params = jnp.ones(3, jnp.float32)
     state = tx.init(params)
@@ -346,8 +350,14 @@ def test_a_spike_lowers_the_rate_at_once(spike_threshold):
     fall = np.log(etas[-1] / etas[-2])
     if spike_threshold is None:
         np.testing.assert_allclose(fall, -rho * clip, rtol=1e-5)
+    elif not spike_rescale:
+        # The normalised step is bounded by √(1/(1 − β)) = 10: so is the fall.
+        assert -rho * 10 <= fall < -rho * 3
     else:
-        assert fall < -rho * 3
+        # The signal jumped 1000-fold against its last value, and more against the moment
+        # (its older, smaller rates): F ≥ 1000/τ = 200; the rate rose by e^(ρc) a step, so
+        # the moment is no smaller than a tenth of the last signal's size: F ≤ 2000.
+        assert -np.log(2000) - rho * 10 <= fall <= -np.log(200)
 
 
 def test_overflowing_hypergradient_keeps_the_rate():

@@ -121,6 +121,7 @@ def check_against_oracle(
     warmup_steps=WARMUP,
     anneal_steps=None,
     spike_threshold=None,
+    spike_rescale=False,
 ):
     """The library's rates follow the oracle's, and its h⁽ʲ⁾_N are ∂J(θ_N)/∂δ⁽ʲ⁾.
 
@@ -146,6 +147,7 @@ def check_against_oracle(
         warmup_start=WARMUP_START,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
+        spike_rescale=spike_rescale,
     )
     hypergradients, lib_history = _library_run(problem_name, params, tx, steps)
     lower, upper = bounds or (None, None)
@@ -156,7 +158,11 @@ def check_against_oracle(
         rates=rates,
         schedule=schedule,
         granularities=granularities,
-        rules=[oracle.Rule(rule, clip, lower, upper, DECAY, EPS, anneal_steps, spike_threshold)]
+        rules=[
+            oracle.Rule(
+                rule, clip, lower, upper, DECAY, EPS, anneal_steps, spike_threshold, spike_rescale
+            )
+        ]
         * order,
         direction=direction_name,
         steps=steps,
@@ -221,6 +227,22 @@ def test_spike_keeps_the_chain_exact(schedule, rule):
         not np.allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=0)
         for spiked_etas, clipped_etas in zip(spiked, clipped, strict=True)
         for a, b in zip(jax.tree.leaves(spiked_etas), jax.tree.leaves(clipped_etas), strict=True)
+    )
+
+
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+def test_spike_rescale_keeps_the_chain_exact(schedule):
+    # The spike's ratio divides the rates where the signal jumps past τ against its
+    # history: the rates follow the oracle, the chain stays the true derivative, and the
+    # ratio binds somewhere.
+    options = dict(clip=0.5, spike_threshold=0.6)
+    args = (3, schedule, ("parameter",) * 3, "log_normalized", "sgd")
+    rescaled = check_against_oracle(*args, **options, spike_rescale=True)
+    spiked = check_against_oracle(*args, **options)
+    assert any(
+        not np.allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=0)
+        for rescaled_etas, spiked_etas in zip(rescaled, spiked, strict=True)
+        for a, b in zip(jax.tree.leaves(rescaled_etas), jax.tree.leaves(spiked_etas), strict=True)
     )
 
 

@@ -183,6 +183,8 @@ def test_complex_parameters_with_the_adam_direction():
         (dict(spike_threshold=float("inf")), ValueError, "spike_threshold must be finite"),
         (dict(spike_threshold="5"), TypeError, "spike_threshold must be a number"),
         (dict(spike_threshold=False), TypeError, "spike_threshold is a number"),
+        (dict(spike_rescale=1), TypeError, "spike_rescale is True or False"),
+        (dict(spike_rescale=None), TypeError, "spike_rescale is True or False"),
         (dict(warmup_steps=2.5), TypeError, "int"),
         (dict(warmup_start=0.0), ValueError, "warmup_start"),
         (dict(schedule="async"), ValueError, "'simultaneous', 'cascade'"),
