@@ -42,6 +42,31 @@ def test_only_lrr_sgd_looks_back_by_default():
     )
 
 
+def _rate_after_a_jump(tx):
+    """η⁽⁰⁾ after 100 steady steps and one whose gradient flips and grows 1000-fold."""
+    params = jnp.ones(3, jnp.float32)
+    state = tx.init(params)
+    for n in range(101):
+        grad = jnp.full(3, -1000.0 if n == 100 else 1.0, jnp.float32)
+        _, state = tx.update(grad, state, params)
+    return float(jnp.max(lrr_optax.learning_rates(state)[0]))
+
+
+@pytest.mark.parametrize("alias", [lrr_optax.lrr_adam, lrr_optax.lrr_adamw])
+def test_only_the_sgd_direction_rescales_spikes_by_default(alias):
+    # Adam's steps are bounded by the rate: its aliases leave a spike's ratio out, which
+    # the SGD direction's defaults divide the rate by.
+    def rate(tx):
+        with jax.numpy_dtype_promotion("standard"):
+            return _rate_after_a_jump(tx)
+
+    options = dict(granularity="global", warmup_steps=0)
+    assert rate(alias(1e-2, **options)) == rate(alias(1e-2, **options, spike_rescale=False))
+    assert rate(alias(1e-2, **options, spike_rescale=True)) < rate(alias(1e-2, **options)) / 10
+    sgd = lrr_optax.lrr_sgd(1e-2, **options)
+    assert rate(sgd) < rate(lrr_optax.lrr_sgd(1e-2, **options, spike_rescale=False)) / 10
+
+
 def test_lrr_sgd_without_momentum_is_plain_gradient_direction():
     params, state = train(
         lrr_optax.lrr_sgd(0.05, (1e-2,), granularity="global"), 12, promotion="standard"
@@ -57,6 +82,7 @@ def test_lrr_adam():
         direction=optax_promotion(optax.scale_by_adam(b1=0.8, b2=0.99, eps=1e-6)),
         schedule="cascade",
         bounds=(0.0, 1.0),
+        spike_rescale=False,
     )
     chex.assert_trees_all_close(
         train(alias, 12, promotion="standard")[0],
