@@ -360,6 +360,26 @@ def test_a_spike_lowers_the_rate_at_once(spike_threshold, spike_rescale):
         assert -np.log(2000) - rho * 10 <= fall <= -np.log(200)
 
 
+def test_a_spike_rescale_never_drives_the_rate_to_zero():
+    # A jump far past what the moment resolves divides the rate by 10⁶ at most: a rate at
+    # 0 would stay there in log space.
+    rho = 0.05
+    tx = lrr_optax.learning_rate_rates(
+        1e-2, (rho,), granularity="global", warmup_steps=0, anneal_steps=None
+    )
+    params = jnp.ones(3, jnp.float32)
+    state = tx.init(params)
+    for n in range(20):
+        grad = jnp.full(3, -1e15 if n == 19 else 1.0, jnp.float32)
+        _, state = tx.update(grad, state, params)
+        if n == 18:
+            before = float(lrr_optax.learning_rates(state)[0])
+    after = float(lrr_optax.learning_rates(state)[0])
+    # The fall: at most the cap, times the clip's spike, e^(−ρ·10) (the normalised step's
+    # bound at β = 0.99).
+    assert before * 1e-6 * np.exp(-rho * 10) * (1 - 1e-5) <= after < before * 1e-3
+
+
 def test_overflowing_hypergradient_keeps_the_rate():
     # Huge gradients make h⁽ʲ⁾ overflow at high order; the rates stay finite.
     params = {"w": jnp.ones(4, jnp.float32)}
