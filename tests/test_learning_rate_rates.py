@@ -859,3 +859,32 @@ def test_any_tree_and_mix_gives_finite_updates_of_the_params_shape(shape_list, s
     jax.tree.map(lambda u, p: np.testing.assert_equal(u.shape, p.shape), updates, params)
     for leaf in jax.tree.leaves((updates, state)):
         assert np.all(np.isfinite(leaf))
+
+
+@settings(max_examples=6, deadline=None)
+@given(scale=st.floats(-3.0, 3.0), jump_at=st.integers(12, 30))
+def test_the_default_rates_do_not_see_the_loss_scale(scale, jump_at):
+    # log_normalized moves a rate by a normalised signal, the spike and its rescale by
+    # ratios: the loss times c with the initial rate over c takes the same steps, η⁽⁰⁾ c
+    # times smaller, through a gradient that jumps 1000-fold (spike and rescale).
+    c = 10.0**scale
+
+    def run(factor, **options):
+        def grads_fn(params, n):
+            jump = -1000.0 if n == jump_at else 1.0
+            grads = jax.grad(PROBLEM.loss)(params, n)
+            return jax.tree.map(lambda g: factor * jump * g, grads)
+
+        return train(lrr_optax.learning_rate_rates(0.05 / factor, **options), 40, grads_fn=grads_fn)
+
+    def close(a, b):
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-8), a, b)
+
+    base, scaled = run(1.0), run(c)
+    for a, b in zip(base.states, scaled.states, strict=True):
+        close(a.etas[0], jax.tree.map(lambda e: c * e, b.etas[0]))
+        close(a.etas[1], b.etas[1])
+    close(base.params, scaled.params)
+    # The jump is one the rescale acts on.
+    plain = run(1.0, spike_rescale=False)
+    assert not np.allclose(plain.state.etas[0]["w"], base.state.etas[0]["w"], rtol=1e-3)
