@@ -46,9 +46,10 @@ def _rate_after_a_jump(tx):
     """η⁽⁰⁾ after 100 steady steps and one whose gradient flips and grows 1000-fold."""
     params = jnp.ones(3, jnp.float32)
     state = tx.init(params)
+    update = jax.jit(tx.update)
     for n in range(101):
         grad = jnp.full(3, -1000.0 if n == 100 else 1.0, jnp.float32)
-        _, state = tx.update(grad, state, params)
+        _, state = update(grad, state, params)
     return float(jnp.max(lrr_optax.learning_rates(state)[0]))
 
 
