@@ -57,9 +57,7 @@ class RuleConfig(NamedTuple):
     rescale: bool  # a spike also divides the rate by its ratio F (log_normalized only)
 
     @classmethod
-    def make(
-        cls, rule: Rule, clip, lower, upper, decay, eps, anneal, spike, rescale=False
-    ) -> RuleConfig:
+    def make(cls, rule: Rule, clip, lower, upper, decay, eps, anneal, spike, rescale) -> RuleConfig:
         log_space, normalized = rule in LOG_SPACE_RULES, rule in NORMALIZED_RULES
         # The ratio needs a history (the normaliser's moment), a scale-free step (log
         # space) and a threshold, which the clip and τ give.

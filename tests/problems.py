@@ -196,3 +196,19 @@ def train(
         trajectory.append(params)
         states.append(state)
     return Run(params, state, trajectory, states)
+
+
+def rates_through_a_jump(tx, steps: int, jump: float) -> list[float]:
+    """η⁽⁰⁾ (its largest entry) after each of ``steps`` steps on three float32 parameters:
+    gradients of 1, then at the last step ``jump`` (e.g. −1000: an overshoot)."""
+    import lrr_optax
+
+    params = jnp.ones(3, jnp.float32)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    etas = []
+    for n in range(steps):
+        grad = jnp.full(3, jump if n == steps - 1 else 1.0, jnp.float32)
+        _, state = update(grad, state, params)
+        etas.append(float(jnp.max(lrr_optax.learning_rates(state)[0])))
+    return etas

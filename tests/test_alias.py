@@ -11,7 +11,7 @@ import pytest
 
 import lrr_optax
 
-from .problems import optax_promotion, train
+from .problems import optax_promotion, rates_through_a_jump, train
 
 
 @pytest.mark.parametrize("momentum,nesterov", [(None, False), (0.9, False), (0.9, True)])
@@ -42,24 +42,13 @@ def test_only_lrr_sgd_looks_back_by_default():
     )
 
 
-def _rate_after_a_jump(tx):
-    """η⁽⁰⁾ after 100 steady steps and one whose gradient flips and grows 1000-fold."""
-    params = jnp.ones(3, jnp.float32)
-    state = tx.init(params)
-    update = jax.jit(tx.update)
-    for n in range(101):
-        grad = jnp.full(3, -1000.0 if n == 100 else 1.0, jnp.float32)
-        _, state = update(grad, state, params)
-    return float(jnp.max(lrr_optax.learning_rates(state)[0]))
-
-
 @pytest.mark.parametrize("alias", [lrr_optax.lrr_adam, lrr_optax.lrr_adamw])
 def test_only_the_sgd_direction_rescales_spikes_by_default(alias):
     # Adam's steps are bounded by the rate: its aliases leave a spike's ratio out, which
     # the SGD direction's defaults divide the rate by.
     def rate(tx):
         with jax.numpy_dtype_promotion("standard"):
-            return _rate_after_a_jump(tx)
+            return rates_through_a_jump(tx, 101, -1000.0)[-1]
 
     options = dict(granularity="global", warmup_steps=0)
     assert rate(alias(1e-2, **options)) == rate(alias(1e-2, **options, spike_rescale=False))

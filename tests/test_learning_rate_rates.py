@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import lrr_optax
 
-from .problems import PROBLEMS, optax_promotion, train
+from .problems import PROBLEMS, optax_promotion, rates_through_a_jump, train
 
 PROBLEM = PROBLEMS["regression"]
 # The original algorithm, whatever the shipped defaults are: tests of the recursion's mechanics
@@ -336,16 +336,9 @@ def test_a_spike_lowers_the_rate_at_once(spike_threshold, spike_rescale):
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
     )
-    params = jnp.ones(3, jnp.float32)
-    state = tx.init(params)
-    etas = []
     # Long enough that the normaliser's debiasing lets a normalised step reach ~9 (its
     # bound is √((1 − β^k)/(1 − β))).
-    steps = 200
-    for n in range(steps):
-        grad = jnp.full(3, -1000.0 if n == steps - 1 else 1.0, jnp.float32)
-        _, state = tx.update(grad, state, params)
-        etas.append(float(lrr_optax.learning_rates(state)[0]))
+    etas = rates_through_a_jump(tx, 200, -1000.0)
     rises = np.diff(np.log(etas[:-1]))
     assert np.all(rises <= rho * clip * (1 + 1e-5)) and np.all(rises > 0)
     fall = np.log(etas[-1] / etas[-2])
@@ -368,14 +361,7 @@ def test_a_spike_rescale_never_drives_the_rate_to_zero():
     tx = lrr_optax.learning_rate_rates(
         1e-2, (rho,), granularity="global", warmup_steps=0, anneal_steps=None
     )
-    params = jnp.ones(3, jnp.float32)
-    state = tx.init(params)
-    for n in range(20):
-        grad = jnp.full(3, -1e15 if n == 19 else 1.0, jnp.float32)
-        _, state = tx.update(grad, state, params)
-        if n == 18:
-            before = float(lrr_optax.learning_rates(state)[0])
-    after = float(lrr_optax.learning_rates(state)[0])
+    *_, before, after = rates_through_a_jump(tx, 20, -1e15)
     # The fall: at most the cap, times the clip's spike, e^(−ρ·10) (the normalised step's
     # bound at β = 0.99).
     assert before * 1e-6 * np.exp(-rho * 10) * (1 - 1e-5) <= after < before * 1e-3
