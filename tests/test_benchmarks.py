@@ -86,6 +86,8 @@ def test_methods_are_records_over_the_library_options():
     assert len(suite.jobs(quick)) == expected
     heavy = {name for p, m in suite.jobs(quick) if p in problems.HEAVY for name in [m.name]}
     assert heavy == {m.name for m in core} and "adam" in heavy and "lrr_adam (defaults)" in heavy
+    picked = {m.name for _, m in suite.jobs({**quick, "methods": ("=adam", "lrr_sgd")})}
+    assert picked == {"adam", "lrr_sgd (defaults)"}
     roles = {suite.build_problem(p).role for p in ("rosenbrock", "diabetes")}
     assert roles == {"choose", "confirm"}
 

@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true", help="the headline table, 2 problems")
     parser.add_argument("--problem", action="append", help="run only this problem (repeatable)")
     parser.add_argument(
-        "--methods", action="append", help="run only methods whose name starts with this"
+        "--methods",
+        action="append",
+        help="run only methods whose name starts with this, or is exactly NAME given as =NAME",
     )
     parser.add_argument(
         "--variant",

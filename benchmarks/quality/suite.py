@@ -33,8 +33,9 @@ def problem_names(options: dict[str, Any]) -> tuple[str, ...]:
 def jobs(options: dict[str, Any]) -> list[tuple[str, m.Method]]:
     """(problem, method) pairs. Quick mode runs the order study on the cheaper problems.
 
-    ``options["methods"]``: keep only methods whose name starts with one of these (the
-    variants given on the command line are always kept). On a heavy problem quick mode runs
+    ``options["methods"]``: keep only methods whose name starts with one of these, or is
+    exactly the name after a leading ``=`` (the variants given on the command line are
+    always kept). On a heavy problem quick mode runs
     only the core methods: tuned Adam, the defaults and the LR-free optimizers.
     """
     selected = options.get("methods")
@@ -43,7 +44,7 @@ def jobs(options: dict[str, Any]) -> list[tuple[str, m.Method]]:
         for method in all_methods(options)
         if not selected
         or method.family == "variant"
-        or any(method.name.startswith(s) for s in selected)
+        or any(_named(method.name, s) for s in selected)
     ]
     return [
         (problem, method)
@@ -52,6 +53,11 @@ def jobs(options: dict[str, Any]) -> list[tuple[str, m.Method]]:
         if method.family != "order" or options["full"] or problem in ORDER_STUDY_QUICK
         if options["full"] or problem not in p.HEAVY or _core(method)
     ]
+
+
+def _named(name: str, selector: str) -> bool:
+    # "=adam" is Adam alone, where "adam" also selects "adam-hd".
+    return name == selector[1:] if selector.startswith("=") else name.startswith(selector)
 
 
 def _core(method: m.Method) -> bool:
