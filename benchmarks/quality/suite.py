@@ -35,8 +35,8 @@ def jobs(options: dict[str, Any]) -> list[tuple[str, m.Method]]:
 
     ``options["methods"]``: keep only methods whose name starts with one of these, or is
     exactly the name after a leading ``=`` (the variants given on the command line are
-    always kept). On a heavy problem quick mode runs
-    only the core methods: tuned Adam, the defaults and the LR-free optimizers.
+    always kept). On a heavy problem quick mode runs only the core methods: tuned Adam, the
+    defaults and the LR-free optimizers.
     """
     selected = options.get("methods")
     chosen = [
