@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -301,3 +302,39 @@ def test_hlo_analysis_walks_into_called_computations():
     assert analysis.bytes_moved == 3 * 4096 + 2 * 4096
     assert hlo.while_body(_GPU_LIKE_HLO) == "body"
     assert hlo.analyze(_GPU_LIKE_HLO, "body").bytes_moved == 3 * 4096
+
+
+def test_a_worker_ends_with_its_parent():
+    # The parent starts a child that watches it, then dies at once, as a run stopped by a
+    # signal does; the child (which would sleep for a minute) must end within seconds. The
+    # child writes nowhere, so that the parent's output pipe closes with the parent.
+    child_code = (
+        "import sys, time; from benchmarks.quality import runner; "
+        "runner.exit_with(int(sys.argv[1]), interval=0.05); time.sleep(60)"
+    )
+    parent_code = (
+        "import os, subprocess, sys; "
+        f"child = subprocess.Popen([sys.executable, '-c', {child_code!r}, str(os.getpid())], "
+        "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+        "print(child.pid, flush=True)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, "-c", parent_code], cwd=root, env=env, capture_output=True, text=True
+    )
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    # An exited child that nobody has reaped yet is a zombie ("Z"), not alive.
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")

@@ -126,12 +126,30 @@ def _worker(core: int | None, jobs, results, options) -> None:
     import traceback
 
     parent = os.getppid()
+    exit_with(parent)
     while (job := _next_job(jobs, parent)) is not None:
         problem_name, method = job
         try:
             results.put(("ok", (problem_name, method.name), _run(problem_name, method, options)))
         except Exception:  # report, keep serving the other jobs
             results.put(("error", (problem_name, method.name), traceback.format_exc()))
+
+
+def exit_with(parent: int, interval: float = 5.0) -> None:
+    """End this process once ``parent`` is no longer its parent.
+
+    A run stopped by a signal leaves its workers alive (daemonic processes are ended only by
+    a parent that exits normally), and a worker inside a job would keep a core busy for the
+    rest of that job, up to hours on a long budget.
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _next_job(jobs, parent: int):
