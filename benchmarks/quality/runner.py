@@ -125,9 +125,8 @@ def _worker(core: int | None, jobs, results, options) -> None:
     configure_jax()
     import traceback
 
-    parent = os.getppid()
-    exit_with(parent)
-    while (job := _next_job(jobs, parent)) is not None:
+    exit_with(os.getppid())
+    while (job := jobs.get()) is not None:
         problem_name, method = job
         try:
             results.put(("ok", (problem_name, method.name), _run(problem_name, method, options)))
@@ -150,18 +149,6 @@ def exit_with(parent: int, interval: float = 5.0) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
-
-
-def _next_job(jobs, parent: int):
-    """The next job, or ``None`` when there are no more or the parent process has died."""
-    import queue
-
-    while os.getppid() == parent:
-        try:
-            return jobs.get(timeout=5.0)
-        except queue.Empty:
-            continue
-    return None
 
 
 def _run(problem_name: str, method, options: dict) -> dict[str, Any]:
