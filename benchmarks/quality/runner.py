@@ -119,13 +119,15 @@ def run_job(problem, method, *, steps: int, seeds: int, n_evals: int) -> dict[st
 # --- worker processes ------------------------------------------------------------------------
 
 
-def _worker(core: int | None, jobs, results, options) -> None:
+def _worker(parent: int, core: int | None, jobs, results, options) -> None:
+    # The spawner's pid, not ``os.getppid()``: a run stopped while this worker was starting
+    # would leave it a child of init, which it would then watch for ever.
+    exit_with(parent)
     if core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
     configure_jax()
     import traceback
 
-    exit_with(os.getppid())
     while (job := jobs.get()) is not None:
         problem_name, method = job
         try:
@@ -197,7 +199,7 @@ def run_parallel(jobs: list[tuple[str, m.Method]], options: dict, workers: int, 
         job_queue.put(None)
         core = cores[w] if cores and workers == len(cores) else None
         process = context.Process(
-            target=_worker, args=(core, job_queue, result_queue, options), daemon=True
+            target=_worker, args=(os.getpid(), core, job_queue, result_queue, options), daemon=True
         )
         process.start()
         processes.append(process)
