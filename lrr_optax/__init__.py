@@ -19,6 +19,7 @@ from ._options import DEFAULT_RATES as DEFAULT_RATES
 from ._options import SCHEDULES as SCHEDULES
 from ._options import Schedule as Schedule
 from ._rules import RULES as RULES
+from ._rules import PooledMoment as PooledMoment
 from ._rules import Rule as Rule
 from ._state import Hypergradients as Hypergradients
 from ._state import LearningRateRatesState as LearningRateRatesState
@@ -36,6 +37,7 @@ __all__ = [
     "Schedule",
     "Hypergradients",
     "LearningRateRatesState",
+    "PooledMoment",
     "learning_rate_rates",
     "learning_rates",
     "lrr_adam",

@@ -45,6 +45,8 @@ def lrr_sgd(
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
+    element_share: float | None = None,
+    anchor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""SGD (optionally with momentum) with learning rates of learning rates.
 
@@ -68,7 +70,7 @@ def lrr_sgd(
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps``,
-        ``spike_threshold`` and ``spike_rescale``.
+        ``spike_threshold``, ``spike_rescale``, ``element_share`` and ``anchor``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -100,6 +102,8 @@ def lrr_sgd(
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
+        element_share=element_share,
+        anchor=anchor,
     )
 
 
@@ -126,6 +130,8 @@ def lrr_adam(
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = False,
+    element_share: float | None = None,
+    anchor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam with learning rates of learning rates.
 
@@ -144,8 +150,8 @@ def lrr_adam(
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps``,
-        ``spike_threshold`` and ``spike_rescale`` (off here: Adam's steps are bounded by
-        the rate).
+        ``spike_threshold``, ``spike_rescale`` (off here: Adam's steps are bounded by the
+        rate), ``element_share`` and ``anchor``.
       bounds: as in :func:`learning_rate_rates`, but ``(0, 1)`` by default: an Adam
         direction's coordinates are at most (1 − β₁)/√(1 − β₂) ≈ 3.2, so η⁽⁰⁾ ≤ 1 keeps
         every coordinate's step below about 3: near convergence the hypergradient would
@@ -184,6 +190,8 @@ def lrr_adam(
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
+        element_share=element_share,
+        anchor=anchor,
     )
 
 
@@ -212,6 +220,8 @@ def lrr_adamw(
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = False,
+    element_share: float | None = None,
+    anchor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW with learning rates of learning rates.
 
@@ -232,7 +242,7 @@ def lrr_adamw(
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps``,
-        ``spike_threshold`` and ``spike_rescale`` (off here).
+        ``spike_threshold``, ``spike_rescale`` (off here), ``element_share`` and ``anchor``.
       bounds: as in :func:`lrr_adam`: ``(0, 1)`` by default.
 
     Returns:
@@ -268,4 +278,6 @@ def lrr_adamw(
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
+        element_share=element_share,
+        anchor=anchor,
     )

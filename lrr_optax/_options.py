@@ -264,6 +264,27 @@ def _nonnegative(name: str, value, *, below: float | None = None) -> None:
         raise ValueError(f"{name} must be {limit}, got {concrete}.")
 
 
+def _per_parameter_options(element_share, anchor, rule, granularities) -> None:
+    for name, value in (("element_share", element_share), ("anchor", anchor)):
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            raise TypeError(f"{name} is a number or None; got {value}.")
+        _nonnegative(name, value, below=1.0 if name == "anchor" else None)
+        if "parameter" not in granularities:
+            raise ValueError(
+                f"{name} acts on per-parameter rates, and no order has them "
+                f"(granularity={granularities!r}). Pass granularity='parameter', or leave "
+                f"{name} at None."
+            )
+    if element_share is not None and rule not in _rules.NORMALIZED_RULES:
+        raise ValueError(
+            f"element_share pools normalised steps, and rule={rule!r} has no normaliser. Use "
+            "rule='log_normalized' (the default) or 'normalized', or leave element_share at "
+            "None."
+        )
+
+
 def parse(
     learning_rate,
     rates,
@@ -283,6 +304,8 @@ def parse(
     anneal_steps,
     spike_threshold,
     spike_rescale,
+    element_share=None,
+    anchor=None,
 ) -> Config:
     """Check every option of :func:`learning_rate_rates` and resolve them into a config."""
     if isinstance(rates, str) or not isinstance(rates, Sequence) and not _is_array(rates):
@@ -329,6 +352,7 @@ def parse(
             f"spike_rescale is True or False (whether a spike divides the rate by its ratio); "
             f"got {spike_rescale!r}."
         )
+    _per_parameter_options(element_share, anchor, rule, granularities)
     _nonnegative("warmup", warmup)
     if isinstance(warmup, float):
         raise TypeError(f"warmup is a number of steps and must be an int, got {warmup!r}.")
@@ -396,6 +420,8 @@ def parse(
                 anneal_steps,
                 spike_threshold,
                 spike_rescale,
+                element_share if granularities[j] == "parameter" else None,
+                anchor if granularities[j] == "parameter" else None,
             )
             for j in range(order)
         ),

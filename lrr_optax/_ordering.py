@@ -140,6 +140,21 @@ def written_once(x) -> jax.Array:
     return materialised(x, divisor)
 
 
+def moments_after(moments, dependencies):
+    """:func:`after` on each per-element moment of a tree of moments shaped like the rates.
+
+    A pooled rule's scalar moment of the leaf is left as it is: a copy of one number costs
+    nothing, and a scalar read of a per-element dependency would broadcast it.
+    """
+
+    def one(dependency, moment):
+        if isinstance(moment, _rules.PooledMoment):
+            return moment._replace(elements=after(moment.elements, dependency))
+        return after(moment, dependency)
+
+    return jax.tree.map(one, dependencies, moments)
+
+
 def one_slot_ring(leaf_rule, eta, above, h, moment):
     """A one-slot ring holding this step's α, computed in the ring's shape.
 
@@ -151,7 +166,10 @@ def one_slot_ring(leaf_rule, eta, above, h, moment):
     def ring(e, r, g, v=None):
         # A rate above of lower rank (a scalar, a broadcast array) broadcasts as it is.
         r = r[None] if jnp.ndim(r) == jnp.ndim(e) else r
-        v = None if v is None else v[None]
+        if isinstance(v, _rules.PooledMoment):
+            v = v._replace(elements=v.elements[None])  # the leaf's own moment is a scalar
+        elif v is not None:
+            v = v[None]
         return leaf_rule(e[None], r, g[None], v)[1]
 
     if moment is None:
@@ -223,7 +241,7 @@ def rates_in_order(config: Config, state: LearningRateRatesState, hypergradients
         if moment is not None:
             # The new moment, which η's kernel reads, is written in place once the ring's
             # kernel has read the old one; η is then ordered after the ring through it.
-            moment = jax.tree.map(after, moment, token)
+            moment = moments_after(moment, token)
         eta, alpha, moments[j] = _rules.map_rule(
             leaf_rule, state.etas[j], above, hypergradients[j], moment
         )

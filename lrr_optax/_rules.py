@@ -18,6 +18,13 @@ where F = min(max(r / max(c, τ), 1), F_max) is the spike's ratio (``log_normali
 and r = u / √v̂ₙ₋₁ the signal against the moment before this step, held like v̂ so that α
 keeps its form. Clipping, normalising and bounds change how a rate moves and never the
 chain itself.
+
+Per-parameter rates may be pooled (``element_share`` κ): each element's step is then
+φ(S) + κ·φ(s_i), φ the clip and spike above, with S = Σ_i u_i / (√V̂ + ε) the step of one
+rate shared by the leaf (V the EMA of (Σ_i u_i)²) and s_i the element's own; the spike
+ratio is the pooled one. They may be anchored (``anchor`` λ): before the rule each
+element's rate moves a fraction λ of the way to the leaf's mean rate (geometric for the
+log-space rules). Neither depends on ρ, so α keeps its form.
 A rule is elementwise on one leaf; the transformation maps it over trees and splits the
 results (:func:`map_rule`).
 """
@@ -41,6 +48,18 @@ LOG_SPACE_RULES: frozenset[str] = frozenset({"multiplicative", "log_normalized"}
 MAX_FALL = 1e6
 
 
+class PooledMoment(NamedTuple):
+    """A pooled rule's normaliser state for one parameter leaf.
+
+    Attributes:
+      elements: the EMA of each element's squared signal u_i², shaped like the rate.
+      tensor: the EMA of the leaf's summed signal (Σ_i u_i)², a scalar.
+    """
+
+    elements: jax.Array
+    tensor: jax.Array
+
+
 class RuleConfig(NamedTuple):
     """One order's rule, resolved once when the transformation is built."""
 
@@ -55,16 +74,32 @@ class RuleConfig(NamedTuple):
     anneal: Any  # K of the step's (1 + k/K)^(−1/2) decay, or None
     spike: Any  # τ: the clipped step's excess over max(c, τ) lowers the rate, or None
     rescale: bool  # a spike also divides the rate by its ratio F (log_normalized only)
+    pool: Any = None  # κ: the element's share beside its leaf's pooled step, or None
+    anchor: Any = None  # λ: the pull of each element's rate toward its leaf's mean, or None
 
     @classmethod
-    def make(cls, rule: Rule, clip, lower, upper, decay, eps, anneal, spike, rescale) -> RuleConfig:
+    def make(
+        cls, rule: Rule, clip, lower, upper, decay, eps, anneal, spike, rescale, pool, anchor
+    ) -> RuleConfig:
         log_space, normalized = rule in LOG_SPACE_RULES, rule in NORMALIZED_RULES
         # The ratio needs a history (the normaliser's moment), a scale-free step (log
         # space) and a threshold, which the clip and τ give.
         rescale = bool(rescale) and log_space and normalized
         rescale = rescale and clip is not None and spike is not None
         return cls(
-            rule, log_space, normalized, clip, lower, upper, decay, eps, anneal, spike, rescale
+            rule,
+            log_space,
+            normalized,
+            clip,
+            lower,
+            upper,
+            decay,
+            eps,
+            anneal,
+            spike,
+            rescale,
+            pool if normalized else None,
+            anchor,
         )
 
 
@@ -76,7 +111,8 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
       eta: the current rate η (state dtype).
       rate: the rate above, ρ, broadcastable to ``eta``.
       h: the raw hypergradient of this order, finite (non-finite entries already zeroed).
-      second_moment: the normaliser's EMA of u², or ``None`` for rules without one.
+      second_moment: the normaliser's EMA of u², a :class:`PooledMoment` for a pooled rule,
+        or ``None`` for rules without a normaliser.
       active_steps: k ≥ 1, the steps this order's hypergradient has existed; the EMA is
         divided by ``1 − decay**k`` as in Adam, and the annealing reads it.
 
@@ -89,66 +125,43 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
     eta_c = eta.astype(compute)
     rate = jnp.asarray(rate).astype(compute)
     h = jnp.asarray(h).astype(compute)
+    if config.anchor is not None:
+        eta_c = _anchored(config, eta_c, h)
     signal = eta_c * h if config.log_space else h
+    pooled = config.pool is not None
 
     new_second_moment = second_moment
     fall = None
     if config.normalized:
-        decay = jnp.asarray(config.decay).astype(compute)
-        moment = decay * second_moment + (1 - decay) * jnp.square(signal)
-        # An overflowed moment would freeze the rate for ever: keep the old one instead.
-        new_second_moment = jnp.where(jnp.isfinite(moment), moment, second_moment)
-        debias = 1 - decay ** jnp.asarray(active_steps).astype(compute)
-        # A signal whose square underflows (products of many small gradients) leaves the
-        # moment at zero: it carries no usable information, so it moves nothing. The inner
-        # where keeps sqrt and the division away from 0, so derivatives through the rule
-        # (meta-learning) stay finite.
-        informed = new_second_moment > 0
-        safe = jnp.where(informed, new_second_moment, jnp.ones_like(new_second_moment))
-        scale = jnp.sqrt(safe / debias)
-        eps = jnp.asarray(config.eps).astype(compute)
-        step = jnp.where(informed, signal / (scale + eps), jnp.zeros_like(signal))
-        # Exactly, v̂ ≥ (1 − decay)·u²/debias, so |step| ≤ √(debias/(1 − decay)); clipping
-        # there changes nothing but a subnormal moment's rounding.
-        bound = jnp.sqrt(debias / (1 - decay))
-        step = jnp.clip(step, -bound, bound)
+        k = jnp.asarray(active_steps).astype(compute)
+        if pooled:
+            own = _Normalised.of(config, signal, second_moment.elements, k)
+            shared = _Normalised.of(config, jnp.sum(signal), second_moment.tensor, k)
+            new_second_moment = PooledMoment(own.moment, shared.moment)
+            jumped = shared
+        else:
+            own = jumped = _Normalised.of(config, signal, second_moment, k)
+            new_second_moment = own.moment
         if config.rescale:
-            # Measured against the moment before this step: a signal's own weight in the
-            # moment bounds s by √(debias/(1 − β)) (~10), however far it jumped. Read
-            # back from the new moment, v_{n−1} = v_n·(1 − w)/β with w = (1 − β)u²/v_n
-            # the signal's share (a kernel that read the old moment as well would make
-            # XLA:CPU copy it); 1 − w is resolved to rounding, so a larger jump, or one
-            # from no history at all, counts as the largest it resolves (r ≈ 3·10⁴ in
-            # float32).
-            previous = jnp.asarray(active_steps).astype(compute) - 1
-            share = (1 - decay) * jnp.square(signal) / safe
-            rest = jnp.maximum(1 - share, jnp.finfo(compute).eps)
-            odds = share / rest * decay * (1 - decay**previous) / (1 - decay)
-            falls = (signal > 0) & (previous > 0) & informed & (share > 0)
-            # The inner where keeps sqrt's derivative finite at 0 (meta-learning).
-            odds = jnp.where(falls, odds, jnp.ones_like(odds))
-            fall = jnp.where(falls, jnp.sqrt(odds), jnp.zeros_like(odds))
+            fall = jumped.fall(config, k)
     else:
-        step = signal
+        own = shared = None
 
-    if config.clip is not None:
-        clip = jnp.asarray(config.clip).astype(compute)
-        unclipped = step
-        step = jnp.clip(step, -clip, clip)
-        if config.spike is not None:
-            # A hypergradient far outside its own history (s > τ, ~10 at most for the
-            # normalised rules) is an overshoot under way: a rate clipped to fall by
-            # e^(−ρc) a step falls slower than the loss blows up, so the excess passes.
-            # Rises stay clipped, and under noise s rarely exceeds τ.
-            threshold = jnp.maximum(jnp.asarray(config.spike).astype(compute), clip)
-            step = step + jnp.maximum(unclipped - threshold, 0)
-            if fall is not None:
-                # A gradient that jumped r-fold along the last step says the step was about
-                # r times too long (a quadratic wall: the gradient grows with the distance
-                # past the line's minimum). The SGD direction's next step grows with the
-                # gradient, so a rate that falls by e^(−ρs) a step falls too late; the
-                # Adam direction's steps are bounded by the rate and do not need this.
-                fall = jnp.clip(fall / threshold, 1, MAX_FALL)
+    if config.normalized and pooled:
+        share = jnp.asarray(config.pool).astype(compute)
+        step = _shaped(config, shared.step) + share * _shaped(config, own.step)
+    else:
+        step = _shaped(config, own.step if config.normalized else signal)
+    if fall is not None:
+        # A gradient that jumped r-fold along the last step says the step was about r times
+        # too long (a quadratic wall: the gradient grows with the distance past the line's
+        # minimum). The SGD direction's next step grows with the gradient, so a rate that
+        # falls by e^(−ρs) a step falls too late; the Adam direction's steps are bounded by
+        # the rate and do not need this.
+        threshold = jnp.maximum(
+            jnp.asarray(config.spike).astype(compute), jnp.asarray(config.clip).astype(compute)
+        )
+        fall = jnp.clip(fall / threshold, 1, MAX_FALL)
 
     if config.anneal is not None:
         # A scale-free step is ±1 whether the hypergradient is signal or noise, so log η
@@ -190,6 +203,100 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
     new_eta = jnp.where(finite, new_eta, eta)
     alpha = jnp.where(finite, alpha, jnp.zeros_like(alpha))
     return new_eta, alpha, new_second_moment
+
+
+def _anchored(config: RuleConfig, eta, h):
+    """Each element's rate moved a fraction λ of the way to its leaf's mean rate.
+
+    Per-parameter rates driven by noisy hypergradients spread apart like random walks; the
+    pull bounds the spread (to about the walk's step over √(2λ)) and leaves the leaf's
+    mean, the part that pooled hypergradients move, where it is. The log-space rules
+    anchor in log space (the geometric mean), the others in the rate itself. An element
+    whose hypergradient is 0 this step (its gradient was not finite, or the first step)
+    learned nothing and is not pulled either: a leaf without a finite gradient keeps its
+    rates.
+    """
+    keep = 1 - jnp.asarray(config.anchor).astype(eta.dtype)
+    if config.log_space:
+        # A rate that underflowed to 0 counts as the smallest normal number: log 0 would
+        # turn the whole leaf's mean to −inf.
+        logs = jnp.log(jnp.maximum(eta, jnp.finfo(eta.dtype).tiny))
+        center = jnp.mean(logs)
+        pulled = jnp.exp(center + keep * (logs - center))
+    else:
+        center = jnp.mean(eta)
+        pulled = center + keep * (eta - center)
+    return jnp.where(h != 0, pulled, eta)
+
+
+class _Normalised(NamedTuple):
+    """A signal divided by the root of its debiased EMA, with what the spike ratio needs."""
+
+    step: jax.Array
+    moment: jax.Array  # the new EMA
+    signal: jax.Array
+    safe: jax.Array  # the new EMA, 1 where it is 0
+    informed: jax.Array  # where the new EMA is positive
+
+    @classmethod
+    def of(cls, config: RuleConfig, signal, second_moment, k) -> _Normalised:
+        compute = signal.dtype
+        decay = jnp.asarray(config.decay).astype(compute)
+        moment = decay * second_moment + (1 - decay) * jnp.square(signal)
+        # An overflowed moment would freeze the rate for ever: keep the old one instead.
+        moment = jnp.where(jnp.isfinite(moment), moment, second_moment)
+        debias = 1 - decay**k
+        # A signal whose square underflows (products of many small gradients) leaves the
+        # moment at zero: it carries no usable information, so it moves nothing. The inner
+        # where keeps sqrt and the division away from 0, so derivatives through the rule
+        # (meta-learning) stay finite.
+        informed = moment > 0
+        safe = jnp.where(informed, moment, jnp.ones_like(moment))
+        scale = jnp.sqrt(safe / debias)
+        eps = jnp.asarray(config.eps).astype(compute)
+        step = jnp.where(informed, signal / (scale + eps), jnp.zeros_like(signal))
+        # Exactly, v̂ ≥ (1 − decay)·u²/debias, so |step| ≤ √(debias/(1 − decay)); clipping
+        # there changes nothing but a subnormal moment's rounding.
+        bound = jnp.sqrt(debias / (1 - decay))
+        step = jnp.clip(step, -bound, bound)
+        return cls(step, moment, signal, safe, informed)
+
+    def fall(self, config: RuleConfig, k):
+        """r, the signal against the moment before this step (0 where it did not rise).
+
+        Measured against the moment before this step: a signal's own weight in the moment
+        bounds s by √(debias/(1 − β)) (~10), however far it jumped. Read back from the new
+        moment, v_{n−1} = v_n·(1 − w)/β with w = (1 − β)u²/v_n the signal's share (a
+        kernel that read the old moment as well would make XLA:CPU copy it); 1 − w is
+        resolved to rounding, so a larger jump, or one from no history at all, counts as
+        the largest it resolves (r ≈ 3·10⁴ in float32).
+        """
+        compute = self.signal.dtype
+        decay = jnp.asarray(config.decay).astype(compute)
+        previous = k - 1
+        share = (1 - decay) * jnp.square(self.signal) / self.safe
+        rest = jnp.maximum(1 - share, jnp.finfo(compute).eps)
+        odds = share / rest * decay * (1 - decay**previous) / (1 - decay)
+        falls = (self.signal > 0) & (previous > 0) & self.informed & (share > 0)
+        # The inner where keeps sqrt's derivative finite at 0 (meta-learning).
+        odds = jnp.where(falls, odds, jnp.ones_like(odds))
+        return jnp.where(falls, jnp.sqrt(odds), jnp.zeros_like(odds))
+
+
+def _shaped(config: RuleConfig, step):
+    """The step clipped to ±c, with a spike's excess over max(c, τ) passed."""
+    if config.clip is None:
+        return step
+    clip = jnp.asarray(config.clip).astype(step.dtype)
+    shaped = jnp.clip(step, -clip, clip)
+    if config.spike is not None:
+        # A hypergradient far outside its own history (s > τ, ~10 at most for the
+        # normalised rules) is an overshoot under way: a rate clipped to fall by e^(−ρc) a
+        # step falls slower than the loss blows up, so the excess passes. Rises stay
+        # clipped, and under noise s rarely exceeds τ.
+        threshold = jnp.maximum(jnp.asarray(config.spike).astype(step.dtype), clip)
+        shaped = shaped + jnp.maximum(step - threshold, 0)
+    return shaped
 
 
 def map_rule(leaf_rule, etas, rates, hs, moments):

@@ -12,6 +12,7 @@ import optax
 from . import _granularity as gr
 from ._dtypes import at_least_float32, promote, real
 from ._options import Config
+from ._rules import PooledMoment
 
 PyTree = Any
 
@@ -34,7 +35,9 @@ class LearningRateRatesState(NamedTuple):
         ``count mod L_j``.
       second_moments: for the normalised rules, the EMA of each order's squared rule
         signal, one pytree per order shaped like ``etas`` (at least float32); empty
-        otherwise.
+        otherwise. With ``element_share`` each per-parameter leaf holds a
+        :class:`PooledMoment` instead: the per-element EMA and the EMA of the leaf's summed
+        signal squared.
       direction_state: the state of the direction transformation.
       prev_direction: the step the hypergradient of η⁽⁰⁾ looks back along, like the
         params: the last applied direction s_{n−1}·d_{n−1} (s the envelope), or its
@@ -113,11 +116,18 @@ def init(config: Config, params) -> LearningRateRatesState:
         jax.tree.map(lambda e, size=size: ring_like(e, size), etas[j - 1], is_leaf=gr.is_boxed)
         for j, size in zip(range(1, config.order), config.ring_sizes, strict=True)
     )
+
+    def moment_like(e, pooled: bool):
+        elements = jnp.zeros_like(e, at_least_float32(e.dtype))
+        if not pooled:
+            return elements
+        return PooledMoment(elements, jnp.zeros((), elements.dtype))
+
     second_moments = ()
     if config.normalized:
         second_moments = tuple(
-            jax.tree.map(lambda e: jnp.zeros_like(e, at_least_float32(e.dtype)), eta)
-            for eta in etas
+            jax.tree.map(lambda e, j=j: moment_like(e, config.rules[j].pool is not None), eta)
+            for j, eta in enumerate(etas)
         )
     prev_direction = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=trace_dtype(config, p)), params)
     return LearningRateRatesState(
@@ -193,12 +203,25 @@ def check(config: Config, state, updates) -> None:
             f"it was made with a rule {'with' if state.second_moments else 'without'} one; "
             f"rule={config.rules[0].rule!r} is not. Use the rule it was saved with."
         )
+    for j, moments in enumerate(state.second_moments):
+        pooled = config.rules[j].pool is not None
+        if jax.tree.leaves(moments) and _pooled(moments) != pooled:
+            raise ValueError(
+                f"{where}its order-{j} moments are {'' if _pooled(moments) else 'not '}pooled, "
+                f"and element_share={config.rules[j].pool!r} says they "
+                f"{'are' if pooled else 'are not'}. Use the element_share it was saved with."
+            )
     for j, (eta, granularity) in enumerate(zip(state.etas, config.granularities, strict=True)):
         if not _fits(eta, granularity, updates):
             raise ValueError(
                 f"{where}η⁽{j}⁾ is not shaped for granularity {granularity!r} (order {j}). "
                 "Use the granularity it was saved with."
             )
+
+
+def _pooled(moments) -> bool:
+    nodes = jax.tree.leaves(moments, is_leaf=lambda x: isinstance(x, PooledMoment))
+    return bool(nodes) and all(isinstance(x, PooledMoment) for x in nodes)
 
 
 def _shapes(tree) -> list[tuple[int, ...]]:

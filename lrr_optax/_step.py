@@ -180,7 +180,7 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
         )
         if slots[j] is not None and config.normalized and not rule.log_space:
             # The old moment is read by the ring's and η's kernels: written after both.
-            moments[j] = jax.tree.map(_ordering.after, moments[j], etas[j])
+            moments[j] = _ordering.moments_after(moments[j], etas[j])
     return etas, alphas, moments, slots
 
 

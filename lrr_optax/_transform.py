@@ -32,6 +32,8 @@ def learning_rate_rates(
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
+    element_share: float | None = None,
+    anchor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Descent along ``direction`` with learning rates that learn themselves, to order m.
 
@@ -63,7 +65,8 @@ def learning_rate_rates(
     loss with respect to η⁽ʲ⁾ (see ``docs/math.md`` for the definition and the rules).
 
     Non-finite numbers never enter the rates: a NaN or inf gradient element, or one whose
-    square overflows, is treated as zero (it moves neither its parameter nor its rates);
+    square overflows, is treated as zero (it moves neither its parameter nor its rates,
+    except by its tensor's pooled step with ``element_share``);
     a hypergradient or rule result that overflows leaves that rate unchanged for the step;
     a direction that overflows from finite gradients moves no rate (its inf is in that
     step's update and in the trace, which the next hypergradient leaves out).
@@ -123,6 +126,18 @@ def learning_rate_rates(
         Rosenbrock's walls; ``lrr_adam`` turns it off (its steps are bounded by the rate).
         Only with the ``"log_normalized"`` rule, a ``clip`` and a ``spike_threshold``;
         elsewhere it changes nothing. True by default.
+      element_share: κ ≥ 0 pools the per-parameter rates' steps: each element moves by
+        its tensor's pooled step S = Σ_i u_i / √V̂ (V a debiased EMA of (Σ_i u_i)², the
+        step a per-tensor rate would take) plus κ times its own normalised step, each
+        clipped. Noise in single elements averages out in the sum, so the rates follow
+        the loss where one element's hypergradient is mostly noise; κ keeps them apart
+        where the elements differ (0.1 measured best, ``benchmarks/results/defaults.md``).
+        Needs a normalised ``rule`` and acts on the orders of ``"parameter"``
+        granularity; ``None`` (the default) moves each element by its own step alone.
+      anchor: λ in [0, 1): before each rule step, every per-parameter rate moves a
+        fraction λ of the way to its tensor's mean rate (geometric for the log-space
+        rules), which bounds how far noise spreads them apart. Acts on the orders of
+        ``"parameter"`` granularity; ``None`` (the default) for no pull.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; its update is −s_n·η⁽⁰⁾ ⊙ d_n in the
@@ -171,5 +186,7 @@ def learning_rate_rates(
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
+        element_share=element_share,
+        anchor=anchor,
     )
     return _step.transformation(config)

@@ -60,6 +60,16 @@ CONFIGS = {
         schedule="cascade",
         adam=False,
     ),
+    # Pooled moments: a per-element moment sharded like its parameter beside a
+    # replicated scalar of its tensor.
+    "pooled": dict(
+        learning_rate=0.05,
+        rates=(1e-2, 1e-3),
+        granularity="parameter",
+        element_share=0.1,
+        anchor=0.01,
+        adam=True,
+    ),
 }
 
 
@@ -132,6 +142,13 @@ def expected_shardings(name, tx, state, mesh):
         replicated if g == "global" else like(g, ring_sharding) for g in granularities[:-1]
     )
     second_moments = etas if state.second_moments else ()
+    if config.get("element_share") is not None:
+        second_moments = tuple(
+            jax.tree.map(lambda s: lrr_optax.PooledMoment(s, replicated), eta)
+            if g == "parameter"
+            else eta
+            for eta, g in zip(etas, granularities, strict=True)
+        )
     direction = tx_direction_shardings(name, state.direction_state, param_sharding, replicated)
     return lrr_optax.LearningRateRatesState(
         count=replicated,

@@ -18,7 +18,13 @@ The rules, per order j with ρ the rate above and h the raw hypergradient, eleme
   ``F = min(max(r / max(c, τ), 1), 10⁶)``, ``r = u / √v̂ₙ₋₁`` against the moment before the
   step (``v̂ₙ₋₁ = v / (1 − β^(k−1))``; ``F = 1`` at ``k = 1``; ``r = ∞`` for ``u > 0`` where
   ``v = 0``), held like ``v̂``;
-* bounds: ``R`` clamped and ``α = 0`` where clamped; a non-finite ``R`` keeps η, ``α = 0``.
+* bounds: ``R`` clamped and ``α = 0`` where clamped; a non-finite ``R`` keeps η, ``α = 0``;
+* pooled (``element_share`` κ, per-parameter orders): ``S = Σu / (√V̂ + ε)`` with ``V`` the
+  EMA of ``(Σu)²`` over the leaf, each of ``S`` and the element's ``s`` clipped and spiked
+  as above, the step ``φ(S) + κ φ(s)``; the spike's rescale reads ``Σu`` against ``V``;
+* anchored (``anchor`` λ, per-parameter orders): before the rule,
+  ``log η ← m + (1 − λ)(log η − m)``, m the leaf's mean log-rate (log-space rules), or
+  ``η ← m + (1 − λ)(η − m)`` with m its mean rate (the others), where ``h ≠ 0``.
 
 The exactness definition: unroll N steps, add δ to η⁽ʲ⁾ right after its own update at
 step t (N−1−j simultaneous, N−1 cascade), hold the gradients, directions, hypergradients,
@@ -56,35 +62,73 @@ class Rule(NamedTuple):
     anneal: int | None = None
     spike: float | None = None
     rescale: bool = False
+    pool: float | None = None
+    anchor: float | None = None
 
 
 def rule_step(spec: Rule, eta, rho, h, v, k: int):
     """``(R, α, v)`` of one rule step: η, ρ may be complex; h, v are real; ``k ≥ 1``.
 
-    The normaliser's new statistic enters ``s`` through its real part: it is held.
+    The normaliser's new statistic enters ``s`` through its real part: it is held. A
+    pooled rule's ``v`` is the pair (per-element EMA, the leaf's EMA of the summed
+    signal squared); η's first axis is the batch of rows, so a leaf sums the others.
     """
+    leaf_axes = tuple(range(1, np.ndim(eta)))
+    old = eta
+    if spec.anchor is not None:
+        keep = 1.0 - spec.anchor
+        if spec.rule in LOG_RULES:
+            logs = np.log(eta)
+            center = np.mean(logs, axis=leaf_axes, keepdims=True)
+            pulled = np.exp(center + keep * (logs - center))
+        else:
+            center = np.mean(eta, axis=leaf_axes, keepdims=True)
+            pulled = center + keep * (eta - center)
+        eta = np.where(h != 0, pulled, eta)
     u = eta * h if spec.rule in LOG_RULES else h + 0j * eta
+    pooled = spec.pool is not None
+    if pooled:
+        v, big_v = v
+        total = np.sum(u, axis=leaf_axes, keepdims=True)
+    jumping, jump_moment = (total, big_v) if pooled else (u, v)
     fall = 1.0
     rescales = spec.rescale and spec.rule == "log_normalized"
     if rescales and spec.clip is not None and spec.spike is not None and k > 1:
         with np.errstate(divide="ignore", invalid="ignore"):
             # No history: a jump from nothing, as large as can be.
-            jump = np.where(np.real(u) > 0, np.inf, 0.0)
-            r = np.where(v > 0, np.real(u) / np.sqrt(v / (1.0 - spec.decay ** (k - 1))), jump)
+            jump = np.where(np.real(jumping) > 0, np.inf, 0.0)
+            history = np.sqrt(jump_moment / (1.0 - spec.decay ** (k - 1)))
+            r = np.where(jump_moment > 0, np.real(jumping) / history, jump)
         fall = np.clip(r / max(spec.spike, spec.clip), 1.0, 1e6)
-    if spec.rule in NORMALIZED_RULES:
-        v = spec.decay * v + (1.0 - spec.decay) * np.real(u) ** 2
-        v_hat = v / (1.0 - spec.decay**k)
+
+    def normalised(signal, moment):
+        moment = spec.decay * moment + (1.0 - spec.decay) * np.real(signal) ** 2
+        moment_hat = moment / (1.0 - spec.decay**k)
         with np.errstate(divide="ignore", invalid="ignore"):
-            s = np.where(v_hat > 0, u / (np.sqrt(v_hat) + spec.eps), 0.0)
-    else:
-        s = u
-    if spec.clip is not None:
-        unclipped = s
-        s = np.where(s.real > spec.clip, spec.clip, np.where(s.real < -spec.clip, -spec.clip, s))
+            step = np.where(moment_hat > 0, signal / (np.sqrt(moment_hat) + spec.eps), 0.0)
+        return step, moment
+
+    def shaped(step):
+        if spec.clip is None:
+            return step
+        unclipped = step
+        step = np.where(
+            step.real > spec.clip, spec.clip, np.where(step.real < -spec.clip, -spec.clip, step)
+        )
         if spec.spike is not None:
             threshold = max(spec.spike, spec.clip)
-            s = s + np.where(unclipped.real > threshold, unclipped - threshold, 0.0)
+            step = step + np.where(unclipped.real > threshold, unclipped - threshold, 0.0)
+        return step
+
+    if spec.rule in NORMALIZED_RULES:
+        s, v = normalised(u, v)
+        if pooled:
+            big_s, big_v = normalised(total, big_v)
+            s = shaped(big_s) + spec.pool * shaped(s)
+        else:
+            s = shaped(s)
+    else:
+        s = shaped(u)
     if spec.anneal is not None:
         s = s / np.sqrt(1.0 + k / spec.anneal)
     if spec.rule in LOG_RULES:
@@ -100,7 +144,9 @@ def rule_step(spec: Rule, eta, rho, h, v, k: int):
         high = new.real > spec.upper
         new, alpha = np.where(high, spec.upper, new), np.where(high, 0.0, alpha)
     finite = np.isfinite(new.real)
-    return np.where(finite, new, eta), np.where(finite, alpha, 0.0), v
+    if pooled:
+        v = (v, big_v)
+    return np.where(finite, new, old), np.where(finite, alpha, 0.0), v
 
 
 def first_active(schedule: str, j: int) -> int:
@@ -226,7 +272,17 @@ def unroll(
 
     initial = [learning_rate, *rates[:-1]]
     etas = [init_rate(j, initial[j]) for j in range(order)]
-    moments = [[np.zeros(r.shape[1:]) for r in eta] for eta in etas]
+    # Pooling and anchoring act on per-parameter orders only, as in the library.
+    rules = [
+        rule if granularities[j] == "parameter" else rule._replace(pool=None, anchor=None)
+        for j, rule in enumerate(rules)
+    ]
+
+    def moment_like(rate, rule):
+        zeros = np.zeros(rate.shape[1:])
+        return (zeros, 0.0) if rule.pool is not None else zeros
+
+    moments = [[moment_like(r, rules[j]) for r in eta] for j, eta in enumerate(etas)]
     alpha_history = [dict() for _ in range(order)]  # [j][n]: real α⁽ʲ⁾ of step n
     lags = [j if schedule == "simultaneous" else 1 for j in range(order)]
     times = perturbation_times(schedule, order, steps)
@@ -261,7 +317,7 @@ def unroll(
             ]
             new[j] = [o[0] for o in outs]
             alpha_history[j][n] = [np.real(o[1][0]) for o in outs]
-            moments[j] = [np.real(o[2]) for o in outs]
+            moments[j] = [jax.tree.map(np.real, o[2]) for o in outs]
             if n == times[j]:
                 new[j] = perturb(new[j], j)
         etas = new

@@ -20,14 +20,17 @@ FIELDS = ("count", "etas", "alphas", "second_moments", "direction_state", "prev_
 
 
 def _tx():
-    # Every field of the state in use: rings of size 1 and 2, second moments, a direction
-    # state, parameter and tensor rates, a scheduled top rate.
+    # Every field of the state in use: rings of size 1 and 2, second moments (pooled for
+    # the per-parameter orders), a direction state, parameter and tensor rates, a scheduled
+    # top rate.
     return lrr_optax.learning_rate_rates(
         0.05,
         (1e-2, 1e-3, optax.exponential_decay(1e-4, 3, 0.5)),
         direction=optax_promotion(optax.scale_by_adam()),
         rule="normalized",
         granularity=("parameter", "parameter", "tensor"),
+        element_share=0.1,
+        anchor=0.01,
     )
 
 

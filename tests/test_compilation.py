@@ -158,9 +158,22 @@ _ORDERINGS = [(1, "simultaneous", rule) for rule in lrr_optax.RULES] + [
 ]
 
 
-@pytest.mark.parametrize("order,schedule,rule", _ORDERINGS)
+POOLED = dict(element_share=0.1, anchor=0.01)
+
+
+@pytest.mark.parametrize(
+    "order,schedule,rule,options",
+    [(*case, {}) for case in _ORDERINGS]
+    + [
+        (3, schedule, rule, POOLED)
+        for schedule in lrr_optax.SCHEDULES
+        for rule in ("normalized", "log_normalized")
+    ],
+)
 @pytest.mark.parametrize("direction", [None, "adam"])
-def test_a_donated_per_parameter_step_copies_no_state_buffer(order, schedule, rule, direction):
+def test_a_donated_per_parameter_step_copies_no_state_buffer(
+    order, schedule, rule, options, direction
+):
     # XLA:CPU copies a buffer that one kernel reads and another overwrites unless the data
     # order the writes (``_ordering``); a copy is a hidden pass over the state.
     if jax.default_backend() != "cpu":
@@ -173,6 +186,7 @@ def test_a_donated_per_parameter_step_copies_no_state_buffer(order, schedule, ru
         granularity="parameter",
         schedule=schedule,
         rule=rule,
+        **options,
     )
 
     def step(params, state, grads):
@@ -197,6 +211,12 @@ _BACKEND_CASES = {
         f"m=3, {schedule}, {rule}": dict(rates=(1e-2, 1e-3, 1e-4), schedule=schedule, rule=rule)
         for schedule in lrr_optax.SCHEDULES
         for rule in lrr_optax.RULES
+    },
+    **{
+        f"m=3, {schedule}, pooled and anchored": dict(
+            rates=(1e-2, 1e-3, 1e-4), schedule=schedule, element_share=0.1, anchor=0.01
+        )
+        for schedule in lrr_optax.SCHEDULES
     },
 }
 

@@ -279,10 +279,22 @@ def test_zero_size_leaves(granularity):
 # --- numeric faults --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule", ["additive", "normalized", "multiplicative", "log_normalized"])
+POOLED = dict(granularity="parameter", element_share=0.1, anchor=0.01)
+ANCHORED = dict(granularity="parameter", anchor=0.01)
+
+
+@pytest.mark.parametrize(
+    "rule, options",
+    [pytest.param(rule, {}, id=rule) for rule in lrr_optax.RULES]
+    + [
+        pytest.param("log_normalized", POOLED, id="log_normalized-pooled"),
+        pytest.param("normalized", POOLED, id="normalized-pooled"),
+        pytest.param("multiplicative", ANCHORED, id="multiplicative-anchored"),
+    ],
+)
 @pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
-def test_nonfinite_gradients_never_enter_the_state(rule, schedule):
-    tx = lrr_optax.learning_rate_rates(0.05, (1e-2, 1e-3), rule=rule, schedule=schedule)
+def test_nonfinite_gradients_never_enter_the_state(rule, options, schedule):
+    tx = lrr_optax.learning_rate_rates(0.05, (1e-2, 1e-3), rule=rule, schedule=schedule, **options)
     update = jax.jit(tx.update)  # one program for every kind of bad value
     initial = PROBLEM.params(jnp.float64)
     for bad in (np.nan, np.inf, -np.inf):

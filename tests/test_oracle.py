@@ -122,6 +122,8 @@ def check_against_oracle(
     anneal_steps=None,
     spike_threshold=None,
     spike_rescale=False,
+    element_share=None,
+    anchor=None,
 ):
     """The library's rates follow the oracle's, and its h⁽ʲ⁾_N are ∂J(θ_N)/∂δ⁽ʲ⁾.
 
@@ -148,6 +150,8 @@ def check_against_oracle(
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
+        element_share=element_share,
+        anchor=anchor,
     )
     hypergradients, lib_history = _library_run(problem_name, params, tx, steps)
     lower, upper = bounds or (None, None)
@@ -160,7 +164,17 @@ def check_against_oracle(
         granularities=granularities,
         rules=[
             oracle.Rule(
-                rule, clip, lower, upper, DECAY, EPS, anneal_steps, spike_threshold, spike_rescale
+                rule,
+                clip,
+                lower,
+                upper,
+                DECAY,
+                EPS,
+                anneal_steps,
+                spike_threshold,
+                spike_rescale,
+                element_share,
+                anchor,
             )
         ]
         * order,
@@ -246,6 +260,52 @@ def test_spike_rescale_keeps_the_chain_exact(schedule):
     )
 
 
+def _differs(histories, others) -> bool:
+    return any(
+        not np.allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=0)
+        for etas, other in zip(histories, others, strict=True)
+        for a, b in zip(jax.tree.leaves(etas), jax.tree.leaves(other), strict=True)
+    )
+
+
+POOLED_MIXES = [("parameter",) * 3, ("parameter", "tensor", "global")]
+
+
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+@pytest.mark.parametrize("rule", ["normalized", "log_normalized"])
+@pytest.mark.parametrize("granularities", POOLED_MIXES, ids="+".join)
+def test_pooling_keeps_the_chain_exact(schedule, rule, granularities):
+    # Each per-parameter rate moves by its leaf's pooled step and a share of its own, both
+    # clipped, with a spike that binds: the rates follow the oracle, the chain stays the
+    # true derivative, and pooling changes the rates.
+    options = dict(clip=0.5, spike_threshold=0.6, anneal_steps=2)
+    args = (3, schedule, granularities, rule, "adam")
+    pooled = check_against_oracle(*args, **options, element_share=0.3)
+    assert _differs(pooled, check_against_oracle(*args, **options))
+
+
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+def test_pooled_spike_rescale_keeps_the_chain_exact(schedule):
+    # The spike's ratio reads the pooled signal against its own history.
+    options = dict(clip=0.5, spike_threshold=0.6, element_share=0.1)
+    args = (3, schedule, ("parameter",) * 3, "log_normalized", "sgd")
+    rescaled = check_against_oracle(*args, **options, spike_rescale=True)
+    assert _differs(rescaled, check_against_oracle(*args, **options))
+
+
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+@pytest.mark.parametrize("rule", RULES)
+def test_anchor_keeps_the_chain_exact(schedule, rule):
+    # A strong pull toward each leaf's mean rate, alone and with pooling: the rates follow
+    # the oracle and the chain stays the true derivative.
+    clip = 1e-3 if rule in ("additive", "multiplicative") else 0.5
+    args = (3, schedule, ("parameter", "parameter", "tensor"), rule, "sgd")
+    anchored = check_against_oracle(*args, clip=clip, anchor=0.3)
+    assert _differs(anchored, check_against_oracle(*args, clip=clip))
+    if rule in ("normalized", "log_normalized"):
+        check_against_oracle(*args, clip=clip, anchor=0.3, element_share=0.1)
+
+
 # Per rule, rates and bounds under which, at the step whose α each order reads, some
 # entries of the rate below are clamped (α = 0 there) and others move freely.
 BOUNDED_CASES = {
@@ -306,3 +366,11 @@ def test_oracle_rule_partial_is_the_derivative():
             _, alpha, _ = oracle.rule_step(spec, eta + 0j, 0.2 + 0j, h, moment, 3)
             new, _, _ = oracle.rule_step(spec, eta + 0j, 0.2 + 1j * oracle.TAU, h, moment, 3)
             np.testing.assert_allclose(alpha.real, new.imag / oracle.TAU, rtol=1e-13, atol=1e-15)
+    # Pooled and anchored, on one leaf of a batch of one row.
+    for rule in ("normalized", "log_normalized"):
+        spec = oracle.Rule(rule, 0.3, None, None, 0.9, 1e-30, spike=0.4, pool=0.2, anchor=0.1)
+        moments = (moment[None], 0.5)
+        _, alpha, _ = oracle.rule_step(spec, eta[None] + 0j, 0.2 + 0j, h[None], moments, 3)
+        step = 0.2 + 1j * oracle.TAU
+        new, _, _ = oracle.rule_step(spec, eta[None] + 0j, step, h[None], moments, 3)
+        np.testing.assert_allclose(alpha.real, new.imag / oracle.TAU, rtol=1e-13, atol=1e-15)

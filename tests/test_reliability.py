@@ -188,6 +188,18 @@ def test_complex_parameters_with_the_adam_direction():
         (dict(warmup_steps=2.5), TypeError, "int"),
         (dict(warmup_start=0.0), ValueError, "warmup_start"),
         (dict(schedule="async"), ValueError, "'simultaneous', 'cascade'"),
+        (dict(element_share=0.1), ValueError, "granularity='parameter'"),
+        (dict(anchor=0.01, granularity="global"), ValueError, "granularity='parameter'"),
+        (
+            dict(element_share=0.1, granularity="parameter", rule="additive"),
+            ValueError,
+            "no normaliser",
+        ),
+        (dict(element_share=-0.1, granularity="parameter"), ValueError, "element_share"),
+        (dict(element_share="0.1", granularity="parameter"), TypeError, "element_share"),
+        (dict(element_share=True, granularity="parameter"), TypeError, "element_share"),
+        (dict(anchor=1.0, granularity="parameter"), ValueError, "anchor must be in"),
+        (dict(anchor=float("nan"), granularity="parameter"), ValueError, "anchor"),
     ],
 )
 def test_bad_arguments_say_what_to_pass(kwargs, error, match):
@@ -234,6 +246,16 @@ def test_bounds_per_order():
         (dict(rule="additive"), dict(), "rule"),
         (dict(), dict(rates=(0.3, 0.01, 0.001, 1e-4)), "rates"),
         (dict(rates=(0.01,)), dict(), "rates"),
+        (
+            dict(granularity="parameter", element_share=0.1),
+            dict(granularity="parameter"),
+            "element_share",
+        ),
+        (
+            dict(granularity="parameter"),
+            dict(granularity="parameter", element_share=0.1),
+            "element_share",
+        ),
     ],
 )
 def test_a_state_from_other_options_is_refused(saved, now, match):
