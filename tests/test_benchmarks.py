@@ -98,6 +98,15 @@ def test_late_max():
     np.testing.assert_array_equal(metrics.late_max(curve), [4.0, 1.0, np.inf])
 
 
+def test_runs_the_seed_median_hides():
+    # Two grid points of five seeds: one late collapse at the first (median unchanged), a
+    # NaN and a near-zero spread at the second; only the collapse and the NaN count.
+    final = [[1e-3, 1.2e-3, 0.9e-3, 2.3, 1.1e-3], [0.0, 1e-9, 0.0, np.nan, 0.0]]
+    result = {"final": final, "initial": np.full((2, 5), 2.3).tolist()}
+    hidden = metrics.hidden_by_median(result)
+    np.testing.assert_array_equal(hidden, [[0, 0, 0, 1, 0], [0, 0, 0, 1, 0]])
+
+
 def test_goal_against_a_tuned_adam_loss_of_zero():
     # Long budgets can drive Adam's loss to exactly 0: a worse default misses by inf, an
     # equal one is on par, and scoring never divides by zero.

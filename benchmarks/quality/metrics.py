@@ -14,6 +14,7 @@ GOAL_RANGE = (1e-6, 1.0)  # initial learning rates the defaults must cope with
 LOW_RANGE = (1e-6, 1e-2)  # the same without the two largest, where Adam's first steps wreck
 WITHIN = 2.0  # "within 2x of the best"
 DIVERGED = 1.5  # a run ending above this multiple of its initial loss diverged
+HIDDEN = 10.0  # a run ending above this multiple of its grid point's seed median
 
 
 def medians(result: dict) -> np.ndarray:
@@ -21,6 +22,18 @@ def medians(result: dict) -> np.ndarray:
     final = np.asarray(result["final"], float)
     final = np.where(np.isfinite(final), final, np.inf)
     return np.median(final, axis=1)
+
+
+def hidden_by_median(result: dict) -> np.ndarray:
+    """Per run: whether it ends above ``HIDDEN`` times its grid point's seed median (or is
+    not finite where the median is). A late collapse of one seed in five leaves the median,
+    and every table of seed medians, unchanged. Losses below a millionth of the initial
+    loss count as equal, so that a median of 0 does not make every other seed an outlier."""
+    final = np.asarray(result["final"], float)
+    final = np.where(np.isfinite(final), final, np.inf)
+    floor = 1e-6 * np.asarray(result["initial"], float)
+    median = medians(result)[:, None]
+    return np.isfinite(median) & (final > np.maximum(HIDDEN * median, floor))
 
 
 def lr_axis(result: dict) -> np.ndarray:
@@ -99,6 +112,7 @@ def score_problem(methods: dict[str, dict]) -> dict[str, Any]:
             "width": width(med, lrs, best) if result["lr_mode"] != "default" else None,
             "steps_to_adam": first_step_below(curve, result["eval_steps"], 1.5 * adam_best),
             "diverged": int(diverged.sum()),
+            "hidden": int(hidden_by_median(result).sum()),
             "runs": int(diverged.size),
         }
         if result["lr_mode"] == "default":

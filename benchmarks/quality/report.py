@@ -179,6 +179,7 @@ def _problem_table(problem, s) -> list[str]:
         "worst lr in 1e-6…1e-2",
         "steps to 1.5x Adam",
         "diverged",
+        f"above {metrics.HIDDEN:g}x the seed median",
     ]
     rows = []
     for name, r in s["methods"].items():
@@ -198,6 +199,7 @@ def _problem_table(problem, s) -> list[str]:
                 fmt(r["worst_in_low"]),
                 fmt(r["steps_to_adam"]),
                 f"{r['diverged']}/{r['runs']}",
+                "—" if r.get("hidden") is None else f"{r['hidden']}/{r['runs']}",
             ]
         )
     return lines + table(headers, rows) + [""]
