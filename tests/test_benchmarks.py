@@ -89,6 +89,10 @@ def test_methods_are_records_over_the_library_options():
     assert heavy == {m.name for m in core} and "adam" in heavy and "lrr_adam (defaults)" in heavy
     picked = {m.name for _, m in suite.jobs({**quick, "methods": ("=adam", "lrr_sgd")})}
     assert picked == {"adam", "lrr_sgd (defaults)"}
+    # A variant given on the command line runs on every problem, the heavy ones included.
+    asked = {**quick, "methods": ("=adam",), "variants": ("pooled:element_share=0.1",)}
+    on = {p for p, m in suite.jobs(asked) if m.name == "pooled"}
+    assert on == set(suite.problem_names(quick)) and on >= set(problems.HEAVY)
     roles = {suite.build_problem(p).role for p in ("rosenbrock", "diabetes")}
     assert roles == {"choose", "confirm"}
 

@@ -36,7 +36,7 @@ def jobs(options: dict[str, Any]) -> list[tuple[str, m.Method]]:
     ``options["methods"]``: keep only methods whose name starts with one of these, or is
     exactly the name after a leading ``=`` (the variants given on the command line are
     always kept). On a heavy problem quick mode runs only the core methods: tuned Adam, the
-    defaults and the LR-free optimizers.
+    defaults, the LR-free optimizers and the variants given on the command line.
     """
     selected = options.get("methods")
     chosen = [
@@ -61,6 +61,6 @@ def _named(name: str, selector: str) -> bool:
 
 
 def _core(method: m.Method) -> bool:
-    return method.family in ("default", "lr-free") or (
+    return method.family in ("default", "lr-free", "variant") or (
         method.family == "optax" and method.direction == "adam"
     )

@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> None:
         "optax.adam(1e-3)": optax.adam(1e-3),
         "lrr_adam(1e-3)": lrr_optax.lrr_adam(1e-3),
         "lrr_adam(1e-3, horizon=0.5)": lrr_optax.lrr_adam(1e-3, horizon=0.5),
+        'lrr_adam(1e-3, granularity="parameter")': lrr_optax.lrr_adam(
+            1e-3, granularity="parameter"
+        ),
+        'lrr_adam(1e-3, granularity="parameter", element_share=0.1, anchor=0.01)': (
+            lrr_optax.lrr_adam(1e-3, granularity="parameter", element_share=0.1, anchor=0.01)
+        ),
         "optax.sgd(1e-3)": optax.sgd(1e-3),
         "learning_rate_rates(1e-3)": lrr_optax.learning_rate_rates(1e-3),
         "lrr_sgd(1e-3)": lrr_optax.lrr_sgd(1e-3),
