@@ -128,30 +128,25 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
     if config.anchor is not None:
         eta_c = _anchored(config, eta_c, h)
     signal = eta_c * h if config.log_space else h
-    pooled = config.pool is not None
 
     new_second_moment = second_moment
     fall = None
-    if config.normalized:
+    if not config.normalized:
+        step = _shaped(config, signal)
+    else:
         k = jnp.asarray(active_steps).astype(compute)
-        if pooled:
-            own = _Normalised.of(config, signal, second_moment.elements, k)
-            shared = _Normalised.of(config, jnp.sum(signal), second_moment.tensor, k)
-            new_second_moment = PooledMoment(own.moment, shared.moment)
-            jumped = shared
-        else:
+        if config.pool is None:
             own = jumped = _Normalised.of(config, signal, second_moment, k)
             new_second_moment = own.moment
+            step = _shaped(config, own.step)
+        else:
+            own = _Normalised.of(config, signal, second_moment.elements, k)
+            jumped = _Normalised.of(config, jnp.sum(signal), second_moment.tensor, k)
+            new_second_moment = PooledMoment(own.moment, jumped.moment)
+            share = jnp.asarray(config.pool).astype(compute)
+            step = _shaped(config, jumped.step) + share * _shaped(config, own.step)
         if config.rescale:
             fall = jumped.fall(config, k)
-    else:
-        own = shared = None
-
-    if config.normalized and pooled:
-        share = jnp.asarray(config.pool).astype(compute)
-        step = _shaped(config, shared.step) + share * _shaped(config, own.step)
-    else:
-        step = _shaped(config, own.step if config.normalized else signal)
     if fall is not None:
         # A gradient that jumped r-fold along the last step says the step was about r times
         # too long (a quadratic wall: the gradient grows with the distance past the line's

@@ -204,10 +204,10 @@ def check(config: Config, state, updates) -> None:
             f"rule={config.rules[0].rule!r} is not. Use the rule it was saved with."
         )
     for j, moments in enumerate(state.second_moments):
-        pooled = config.rules[j].pool is not None
-        if jax.tree.leaves(moments) and _pooled(moments) != pooled:
+        pooled, saved = config.rules[j].pool is not None, _pooled(moments)
+        if jax.tree.leaves(moments) and saved != pooled:
             raise ValueError(
-                f"{where}its order-{j} moments are {'' if _pooled(moments) else 'not '}pooled, "
+                f"{where}its order-{j} moments are {'' if saved else 'not '}pooled, "
                 f"and element_share={config.rules[j].pool!r} says they "
                 f"{'are' if pooled else 'are not'}. Use the element_share it was saved with."
             )
