@@ -52,6 +52,7 @@ def test_nnx_optimizer_trains_like_the_optax_loop():
     assert int(optimizer.step[...]) == 6
 
 
+@pytest.mark.xdist_group("sharded_runs")  # with tests/test_sharding.py: one subprocess
 @pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
 def test_nnx_optimizer_with_a_partitioned_model(sharded_runs, axis_type):
     # On 8 devices, a model whose kernels and biases are sharded by nnx.with_partitioning:

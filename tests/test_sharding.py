@@ -12,6 +12,9 @@ import pytest
 
 from . import _sharded_run as run
 
+# One xdist worker runs the 8-device subprocess for every test that reads it.
+pytestmark = pytest.mark.xdist_group("sharded_runs")
+
 
 @pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
 @pytest.mark.parametrize("config", list(run.CONFIGS))
