@@ -125,23 +125,32 @@ def _relink(text: str) -> str:
 
 
 def _section(report: Path, heading: str) -> str | None:
-    """The level-2 section of ``report`` whose title starts with ``heading``, without it."""
+    """The first section of ``report`` (level 2 or 3) whose title starts with ``heading``."""
     if not report.is_file():
         return None
     text = report.read_text(encoding="utf-8")
-    match = re.search(rf"^## {re.escape(heading)}.*?\n(.*?)(?=^## |\Z)", text, re.M | re.S)
-    return match.group(1).strip() if match else None
+    title = re.search(rf"^(#{{2,3}}) {re.escape(heading)}.*?\n", text, re.M)
+    if title is None:
+        return None
+    # The section ends at the next title of its own level or above.
+    end = re.compile(rf"^#{{1,{len(title.group(1))}}} ", re.M).search(text, title.end())
+    return text[title.end() : end.start() if end else len(text)].strip()
 
 
 # The curated results page: (report, section title prefix, title on the page). A section that
 # a report does not have (yet) is left out, so the page follows whatever is committed.
 CURATED = (
-    ("quick.md", "The goal", "Headline: the defaults at every initial learning rate"),
+    ("quick5.md", "The goal", "Headline: the defaults at every initial learning rate"),
+    (
+        "quick5.md",
+        "The defaults' worst case against each",
+        "The defaults against the learning-rate-free optimizers",
+    ),
     ("quick.md", "Order study", "What the order buys"),
     ("defaults.md", "What ships", "The defaults"),
     ("defaults.md", "Where the goal is not met", "Where the goal is not met"),
 )
-HEADLINE_FIGURE = "quick.png"
+HEADLINE_FIGURE = "quick5.png"
 
 
 def _results_pages() -> None:
