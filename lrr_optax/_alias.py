@@ -7,8 +7,9 @@ import optax
 
 from ._granularity import Granularity
 from ._options import (
+    ADAM_HORIZON,
+    ADAM_HORIZON_START,
     DEFAULT_RATES,
-    HORIZON,
     SGD_HORIZON,
     SGD_WARMUP_STEPS,
     WARMUP_STEPS,
@@ -42,6 +43,7 @@ def lrr_sgd(
     warmup_steps: int = SGD_WARMUP_STEPS,
     warmup_start: float = 1e-3,
     horizon: float = SGD_HORIZON,
+    horizon_start: int = 0,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
@@ -69,7 +71,7 @@ def lrr_sgd(
       nesterov: whether to use Nesterov momentum.
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps``,
+        ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``anneal_steps``,
         ``spike_threshold``, ``spike_rescale``, ``element_share`` and ``anchor``.
 
     Returns:
@@ -99,6 +101,7 @@ def lrr_sgd(
         warmup_steps=warmup_steps,
         warmup_start=warmup_start,
         horizon=horizon,
+        horizon_start=horizon_start,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
@@ -126,7 +129,8 @@ def lrr_adam(
     normalizer_eps: float = 1e-30,
     warmup_steps: int = WARMUP_STEPS,
     warmup_start: float = 1e-3,
-    horizon: float = HORIZON,
+    horizon: float = ADAM_HORIZON,
+    horizon_start: int = ADAM_HORIZON_START,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = False,
@@ -149,7 +153,7 @@ def lrr_adam(
       nesterov: whether to use the Nesterov variant (NAdam).
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps``,
+        ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``anneal_steps``,
         ``spike_threshold``, ``spike_rescale`` (off here: Adam's steps are bounded by the
         rate), ``element_share`` and ``anchor``.
       bounds: as in :func:`learning_rate_rates`, but ``(0, 1)`` by default: an Adam
@@ -187,6 +191,7 @@ def lrr_adam(
         warmup_steps=warmup_steps,
         warmup_start=warmup_start,
         horizon=horizon,
+        horizon_start=horizon_start,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
@@ -216,7 +221,8 @@ def lrr_adamw(
     normalizer_eps: float = 1e-30,
     warmup_steps: int = WARMUP_STEPS,
     warmup_start: float = 1e-3,
-    horizon: float = HORIZON,
+    horizon: float = ADAM_HORIZON,
+    horizon_start: int = ADAM_HORIZON_START,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = False,
@@ -241,7 +247,7 @@ def lrr_adamw(
       nesterov: whether to use the Nesterov variant.
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start``, ``horizon``, ``anneal_steps``,
+        ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``anneal_steps``,
         ``spike_threshold``, ``spike_rescale`` (off here), ``element_share`` and ``anchor``.
       bounds: as in :func:`lrr_adam`: ``(0, 1)`` by default.
 
@@ -275,6 +281,7 @@ def lrr_adamw(
         warmup_steps=warmup_steps,
         warmup_start=warmup_start,
         horizon=horizon,
+        horizon_start=horizon_start,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,

@@ -33,6 +33,8 @@ WARMUP_STEPS = 100
 HORIZON = 0.0
 SGD_WARMUP_STEPS = 200
 SGD_HORIZON = 0.9
+ADAM_HORIZON = 0.0
+ADAM_HORIZON_START = 0
 # The count is int32; it wraps by a multiple of every ring size, so the rings keep turning.
 _MAX_PERIOD = 2**24
 
@@ -48,6 +50,7 @@ class Config:
     warmup: Any  # steps of the safe start's ramp (0: none)
     warmup_start: Any  # the ramp's first factor
     horizon: Any  # γ of the hypergradient's trace (0: the one-step hypergradient)
+    horizon_start: int  # the first step whose trace keeps the past (γ = 0 before it)
     direction: optax.GradientTransformationExtraArgs | None
     schedule: Schedule
     granularities: tuple[gr.Granularity, ...]  # one per adapted order
@@ -306,6 +309,7 @@ def parse(
     spike_rescale,
     element_share=None,
     anchor=None,
+    horizon_start=0,
 ) -> Config:
     """Check every option of :func:`learning_rate_rates` and resolve them into a config."""
     if isinstance(rates, str) or not isinstance(rates, Sequence) and not _is_array(rates):
@@ -325,6 +329,13 @@ def parse(
     _nonnegative("normalizer_decay", normalizer_decay, below=1.0)
     _nonnegative("normalizer_eps", normalizer_eps)
     _nonnegative("horizon", horizon, below=1.0)
+    if isinstance(horizon_start, bool) or not isinstance(horizon_start, int):
+        raise TypeError(
+            "horizon_start is a step number, an int >= 0 (the first step at which the "
+            f"hypergradient's trace keeps its past); got {horizon_start!r}."
+        )
+    if horizon_start < 0:
+        raise ValueError(f"horizon_start must be >= 0, got {horizon_start}.")
     if anneal_steps is not None:
         if isinstance(anneal_steps, bool):
             raise TypeError(
@@ -407,6 +418,7 @@ def parse(
         warmup=warmup if order else 0,
         warmup_start=warmup_start,
         horizon=horizon,
+        horizon_start=horizon_start,
         direction=direction,
         schedule=schedule,
         granularities=granularities,

@@ -236,6 +236,8 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
             applied = _where_usable(d, applied)
         if not config.one_step:
             horizon = jnp.asarray(config.horizon).astype(e.dtype).astype(dtype)
+            if config.horizon_start:
+                horizon = jnp.where(state.count >= config.horizon_start, horizon, 0)
             return _ordering.after(applied + horizon * u_prev, _ordering.token(e, d))
         # At γ = 0 u_{n−1} is not read: ordered after the new η (``after``), XLA:CPU writes
         # u_n in place all the same (measured: 48 → 44 bytes a parameter at m = 1); XLA:GPU

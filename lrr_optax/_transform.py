@@ -29,6 +29,7 @@ def learning_rate_rates(
     warmup_steps: int = WARMUP_STEPS,
     warmup_start: float = 1e-3,
     horizon: float = HORIZON,
+    horizon_start: int = 0,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
@@ -110,6 +111,9 @@ def learning_rate_rates(
       horizon: γ in [0, 1), the discount of the trace u_n the hypergradient of η⁽⁰⁾
         looks back along; 0 (the default) is the one-step hypergradient. ``lrr_sgd``
         uses 0.9.
+      horizon_start: the first step n whose trace keeps its past: before it γ counts as
+        0 (u_{n+1} = s_n d_n), so the rates find their level during the transient with
+        the one-step hypergradient and look back from then on. 0 by default.
       anneal_steps: K of the rates' annealing: every adapted order's step (after the
         clip) is multiplied by (1 + k/K)^(−1/2), k the steps that order has run, so that
         under noise the rates settle instead of random-walking. 30 by default; ``None``
@@ -183,6 +187,7 @@ def learning_rate_rates(
         warmup=warmup_steps,
         warmup_start=warmup_start,
         horizon=horizon,
+        horizon_start=horizon_start,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,

@@ -390,12 +390,18 @@ def test_overflowing_hypergradient_keeps_the_rate():
             assert np.all(np.isfinite(leaf))
 
 
+@pytest.mark.parametrize(
+    "options", [{}, dict(horizon=0.35, horizon_start=5)], ids=["one step", "late horizon"]
+)
 @pytest.mark.parametrize("granularity", ["parameter", "tensor"])
-def test_nonfinite_gradients_with_the_adam_direction(granularity):
-    # The Adam direction's trace is the update's own input (γ = 0): bad gradient elements
-    # must still reach neither it nor the rates.
+def test_nonfinite_gradients_with_the_adam_direction(granularity, options):
+    # The Adam direction's trace is the update's own input at γ = 0, and a discounted sum
+    # of them past ``horizon_start``: bad gradient elements must reach neither it nor the
+    # rates, before the horizon starts or after.
     direction = optax_promotion(optax.scale_by_adam())
-    tx = lrr_optax.learning_rate_rates(1e-2, direction=direction, granularity=granularity)
+    tx = lrr_optax.learning_rate_rates(
+        1e-2, direction=direction, granularity=granularity, **options
+    )
     update = jax.jit(tx.update)
     initial = PROBLEM.params(jnp.float64)
     for bad in (np.nan, np.inf):

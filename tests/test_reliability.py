@@ -175,6 +175,9 @@ def test_complex_parameters_with_the_adam_direction():
         (dict(clip="1.0"), TypeError, "clip must be a positive number"),
         (dict(clip=-1.0), ValueError, "positive"),
         (dict(horizon=1.0), ValueError, "horizon"),
+        (dict(horizon_start=-1), ValueError, "horizon_start must be >= 0"),
+        (dict(horizon_start=2.5), TypeError, "horizon_start is a step number"),
+        (dict(horizon_start=True), TypeError, "horizon_start is a step number"),
         (dict(anneal_steps=0), ValueError, "anneal_steps must be >= 1"),
         (dict(anneal_steps="30"), TypeError, "anneal_steps must be a number"),
         (dict(anneal_steps=True), TypeError, "anneal_steps is a number of steps"),
@@ -290,9 +293,16 @@ def test_a_huge_gradient_leaves_the_adam_state_finite():
 # --- the envelope, the warm-up ramp and the horizon: exact hypergradients (float64 oracle) ----
 
 
-def _oracle_h0(problem_loss, params, *, lr, beta, horizon, envelope, ramp, steps, granularity):
-    """∂J(θ_N)/∂δ where every past η⁽⁰⁾_k is perturbed by γ^(N−1−k)·δ, gradients held constant."""
+def _oracle_h0(
+    problem_loss, params, *, lr, beta, horizon, envelope, ramp, steps, granularity, start=0
+):
+    """∂J(θ_N)/∂δ where every past η⁽⁰⁾_k is perturbed by γ_{k+1}⋯γ_{N−1}·δ, gradients held
+    constant; γ_i = γ from step ``start`` on, 0 before it."""
     sg = jax.lax.stop_gradient
+    gammas = [horizon if i >= start else 0.0 for i in range(steps)]
+
+    def weight(n):
+        return float(np.prod(gammas[n + 1 : steps]))
 
     def loss_at_n(delta):
         theta, eta, u = params, lr, jax.tree.map(jnp.zeros_like, params)
@@ -304,16 +314,16 @@ def _oracle_h0(problem_loss, params, *, lr, beta, horizon, envelope, ramp, steps
             if granularity == "global":
                 h = sum(jnp.sum(x) for x in jax.tree.leaves(h))
                 eta = eta - beta * h
-                used = eta + horizon ** (steps - 1 - n) * delta
+                used = eta + weight(n) * delta
                 used = jax.tree.map(lambda _, used=used: used, g)
             else:
                 eta = jax.tree.map(lambda e, h: e - beta * h, eta, h)
-                weight = horizon ** (steps - 1 - n)
-                used = jax.tree.map(lambda e, d, w=weight: e + w * d, eta, delta)
+                w = weight(n)
+                used = jax.tree.map(lambda e, d, w=w: e + w * d, eta, delta)
             # The schedule sees the step count as the library does, an int32.
             s = jnp.asarray(envelope(jnp.asarray(n, jnp.int32))).astype(jnp.float64) * ramp(n)
             theta = jax.tree.map(lambda p, e, g, s=s: p - s * e * g, theta, used, g)
-            u = jax.tree.map(lambda g, u, s=s: s * g + horizon * u, g, u)
+            u = jax.tree.map(lambda g, u, s=s, c=gammas[n]: s * g + c * u, g, u)
 
     zero = 0.0 if granularity == "global" else jax.tree.map(jnp.zeros_like, params)
     return jax.grad(loss_at_n)(jnp.asarray(zero) if granularity == "global" else zero)
@@ -321,12 +331,18 @@ def _oracle_h0(problem_loss, params, *, lr, beta, horizon, envelope, ramp, steps
 
 @pytest.mark.parametrize("granularity", ["parameter", "global"])
 @pytest.mark.parametrize(
-    "horizon, schedule, warmup_steps",
-    [(0.0, True, 0), (0.7, False, 0), (0.0, False, 4), (0.5, True, 3)],
-    ids=["envelope", "horizon", "warmup", "all"],
+    "horizon, schedule, warmup_steps, horizon_start",
+    [
+        (0.0, True, 0, 0),
+        (0.7, False, 0, 0),
+        (0.0, False, 4, 0),
+        (0.5, True, 3, 0),
+        (0.7, True, 3, 4),
+    ],
+    ids=["envelope", "horizon", "warmup", "all", "late horizon"],
 )
 def test_envelope_warmup_and_horizon_hypergradients_are_exact(
-    granularity, horizon, schedule, warmup_steps
+    granularity, horizon, schedule, warmup_steps, horizon_start
 ):
     from .problems import PROBLEMS
 
@@ -348,6 +364,7 @@ def test_envelope_warmup_and_horizon_hypergradients_are_exact(
         clip=None,
         bounds=None,
         horizon=horizon,
+        horizon_start=horizon_start,
         warmup_steps=warmup_steps,
         warmup_start=start,
         anneal_steps=None,  # the NumPy oracle of tests/oracle.py checks the annealing
@@ -367,6 +384,7 @@ def test_envelope_warmup_and_horizon_hypergradients_are_exact(
         ramp=ramp,
         steps=steps,
         granularity=granularity,
+        start=horizon_start,
     )
     actual = aux.hypergradients[0]
     flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])  # noqa: E731
