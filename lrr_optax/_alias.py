@@ -142,6 +142,9 @@ def lrr_adam(
     The direction is Adam's, :math:`d_n = \hat m_n / (\sqrt{\hat v_n} + \epsilon)`
     (``optax.scale_by_adam``), and the hypergradient of η⁽⁰⁾ uses the previous Adam
     direction, :math:`h^{(0)}_n = -g_n \odot d_{n-1}`, as Adam-HD of Baydin et al. (2018).
+    Under heavy gradient noise that one-step hypergradient holds the rate too high;
+    ``horizon=0.35, horizon_start=200`` looks back along a trace of past steps once the
+    transient is over (measured in ``benchmarks/results/defaults.md``, eleventh step).
 
     Args:
       learning_rate: the initial learning rate η⁽⁰⁾.
