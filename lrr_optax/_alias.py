@@ -7,9 +7,8 @@ import optax
 
 from ._granularity import Granularity
 from ._options import (
-    ADAM_HORIZON,
-    ADAM_HORIZON_START,
     DEFAULT_RATES,
+    HORIZON,
     SGD_HORIZON,
     SGD_WARMUP_STEPS,
     WARMUP_STEPS,
@@ -129,8 +128,8 @@ def lrr_adam(
     normalizer_eps: float = 1e-30,
     warmup_steps: int = WARMUP_STEPS,
     warmup_start: float = 1e-3,
-    horizon: float = ADAM_HORIZON,
-    horizon_start: int = ADAM_HORIZON_START,
+    horizon: float = HORIZON,
+    horizon_start: int = 0,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = False,
@@ -224,8 +223,8 @@ def lrr_adamw(
     normalizer_eps: float = 1e-30,
     warmup_steps: int = WARMUP_STEPS,
     warmup_start: float = 1e-3,
-    horizon: float = ADAM_HORIZON,
-    horizon_start: int = ADAM_HORIZON_START,
+    horizon: float = HORIZON,
+    horizon_start: int = 0,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = False,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -33,8 +34,6 @@ WARMUP_STEPS = 100
 HORIZON = 0.0
 SGD_WARMUP_STEPS = 200
 SGD_HORIZON = 0.9
-ADAM_HORIZON = 0.0
-ADAM_HORIZON_START = 0
 # The count is int32; it wraps by a multiple of every ring size, so the rings keep turning.
 _MAX_PERIOD = 2**24
 
@@ -50,7 +49,7 @@ class Config:
     warmup: Any  # steps of the safe start's ramp (0: none)
     warmup_start: Any  # the ramp's first factor
     horizon: Any  # γ of the hypergradient's trace (0: the one-step hypergradient)
-    horizon_start: int  # the first step whose trace keeps the past (γ = 0 before it)
+    horizon_start: Any  # the first step whose trace keeps the past (γ = 0 before it)
     direction: optax.GradientTransformationExtraArgs | None
     schedule: Schedule
     granularities: tuple[gr.Granularity, ...]  # one per adapted order
@@ -65,6 +64,11 @@ class Config:
     def one_step(self) -> bool:
         """Whether the horizon is a concrete 0: the trace is then s_{n−1}·d_{n−1} alone."""
         return _concrete(self.horizon) == 0
+
+    @property
+    def late_horizon(self) -> bool:
+        """Whether γ may start later than step 0 (a ``horizon_start`` not a concrete 0)."""
+        return _concrete(self.horizon_start) != 0
 
     @property
     def trace_guarded_on_read(self) -> bool:
@@ -329,13 +333,16 @@ def parse(
     _nonnegative("normalizer_decay", normalizer_decay, below=1.0)
     _nonnegative("normalizer_eps", normalizer_eps)
     _nonnegative("horizon", horizon, below=1.0)
-    if isinstance(horizon_start, bool) or not isinstance(horizon_start, int):
+    # ``optax.inject_hyperparams`` passes it as an integer array, possibly traced.
+    integral = isinstance(horizon_start, numbers.Integral) or (
+        _is_array(horizon_start) and jnp.issubdtype(horizon_start.dtype, jnp.integer)
+    )
+    if isinstance(horizon_start, bool) or not integral:
         raise TypeError(
             "horizon_start is a step number, an int >= 0 (the first step at which the "
             f"hypergradient's trace keeps its past); got {horizon_start!r}."
         )
-    if horizon_start < 0:
-        raise ValueError(f"horizon_start must be >= 0, got {horizon_start}.")
+    _nonnegative("horizon_start", horizon_start)
     if anneal_steps is not None:
         if isinstance(anneal_steps, bool):
             raise TypeError(

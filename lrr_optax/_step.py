@@ -236,7 +236,7 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
             applied = _where_usable(d, applied)
         if not config.one_step:
             horizon = jnp.asarray(config.horizon).astype(e.dtype).astype(dtype)
-            if config.horizon_start:
+            if config.late_horizon:
                 horizon = jnp.where(state.count >= config.horizon_start, horizon, 0)
             return _ordering.after(applied + horizon * u_prev, _ordering.token(e, d))
         # At γ = 0 u_{n−1} is not read: ordered after the new η (``after``), XLA:CPU writes

@@ -175,7 +175,7 @@ def test_complex_parameters_with_the_adam_direction():
         (dict(clip="1.0"), TypeError, "clip must be a positive number"),
         (dict(clip=-1.0), ValueError, "positive"),
         (dict(horizon=1.0), ValueError, "horizon"),
-        (dict(horizon_start=-1), ValueError, "horizon_start must be >= 0"),
+        (dict(horizon_start=-1), ValueError, "horizon_start must be finite and >= 0"),
         (dict(horizon_start=2.5), TypeError, "horizon_start is a step number"),
         (dict(horizon_start=True), TypeError, "horizon_start is a step number"),
         (dict(anneal_steps=0), ValueError, "anneal_steps must be >= 1"),
