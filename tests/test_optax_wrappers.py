@@ -188,6 +188,8 @@ def test_inject_hyperparams_equals_the_plain_transformation():
         rule="normalized",
         bounds=(0.0, 1.0),
         spike_threshold=2.0,  # injected, so traced
+        horizon=0.5,
+        horizon_start=4,  # an integer array, traced: the trace's gate is built at any start
     )
     plain = lrr_optax.learning_rate_rates(
         0.05,
@@ -197,6 +199,8 @@ def test_inject_hyperparams_equals_the_plain_transformation():
         rule="normalized",
         bounds=(0.0, 1.0),
         spike_threshold=2.0,
+        horizon=0.5,
+        horizon_start=4,
     )
     params, state, *_ = train(injected, 8)
     expected, expected_state, *_ = train(plain, 8)
