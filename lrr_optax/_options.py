@@ -271,6 +271,17 @@ def _nonnegative(name: str, value, *, below: float | None = None) -> None:
         raise ValueError(f"{name} must be {limit}, got {concrete}.")
 
 
+def _step_number(name: str, value) -> None:
+    """A step count or index: an int >= 0, or an integer array (``inject_hyperparams``
+    passes one, possibly traced)."""
+    integral = isinstance(value, numbers.Integral) or (
+        _is_array(value) and jnp.issubdtype(value.dtype, jnp.integer)
+    )
+    if isinstance(value, bool) or not integral:
+        raise TypeError(f"{name} is a number of steps and must be an int >= 0, got {value!r}.")
+    _nonnegative(name, value)
+
+
 def _per_parameter_options(element_share, anchor, rule, granularities) -> None:
     for name, value in (("element_share", element_share), ("anchor", anchor)):
         if value is None:
@@ -333,16 +344,7 @@ def parse(
     _nonnegative("normalizer_decay", normalizer_decay, below=1.0)
     _nonnegative("normalizer_eps", normalizer_eps)
     _nonnegative("horizon", horizon, below=1.0)
-    # ``optax.inject_hyperparams`` passes it as an integer array, possibly traced.
-    integral = isinstance(horizon_start, numbers.Integral) or (
-        _is_array(horizon_start) and jnp.issubdtype(horizon_start.dtype, jnp.integer)
-    )
-    if isinstance(horizon_start, bool) or not integral:
-        raise TypeError(
-            "horizon_start is a step number, an int >= 0 (the first step at which the "
-            f"hypergradient's trace keeps its past); got {horizon_start!r}."
-        )
-    _nonnegative("horizon_start", horizon_start)
+    _step_number("horizon_start", horizon_start)
     if anneal_steps is not None:
         if isinstance(anneal_steps, bool):
             raise TypeError(
@@ -371,9 +373,7 @@ def parse(
             f"got {spike_rescale!r}."
         )
     _per_parameter_options(element_share, anchor, rule, granularities)
-    _nonnegative("warmup", warmup)
-    if isinstance(warmup, float):
-        raise TypeError(f"warmup is a number of steps and must be an int, got {warmup!r}.")
+    _step_number("warmup", warmup)
     _nonnegative("warmup_start", warmup_start)
     start = _concrete(warmup_start)
     if start is not None and not 0 < start <= 1:

@@ -218,6 +218,7 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
     dtype = jax.tree.leaves(eta0_tree)[0].dtype if jax.tree.leaves(eta0_tree) else jnp.float32
     scale = _envelope(config, state.count, dtype)
     eta0 = gr.expand(eta0_tree, config.granularities[0], "parameter", updates)
+    horizon_started = state.count >= config.horizon_start if config.late_horizon else None
 
     def step(e, d, u):
         dtype = promote(e.dtype, d.dtype)
@@ -236,8 +237,8 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
             applied = _where_usable(d, applied)
         if not config.one_step:
             horizon = jnp.asarray(config.horizon).astype(e.dtype).astype(dtype)
-            if config.late_horizon:
-                horizon = jnp.where(state.count >= config.horizon_start, horizon, 0)
+            if horizon_started is not None:
+                horizon = jnp.where(horizon_started, horizon, 0)
             return _ordering.after(applied + horizon * u_prev, _ordering.token(e, d))
         # At γ = 0 u_{n−1} is not read: ordered after the new η (``after``), XLA:CPU writes
         # u_n in place all the same (measured: 48 → 44 bytes a parameter at m = 1); XLA:GPU
