@@ -419,22 +419,46 @@ def test_nonfinite_gradients_with_the_adam_direction(granularity, options):
         assert PROBLEM.loss(params, 0) < PROBLEM.loss(initial, 0)
 
 
-def test_an_overflowing_direction_never_reaches_the_rates():
+@pytest.mark.parametrize("granularity", ["parameter", "tensor", "global"])
+def test_an_overflowing_direction_never_reaches_the_rates(granularity):
     # A direction that overflows in one element: its step is inf there (as the direction
-    # asks) and the trace holds it, but the next hypergradient leaves that element out.
+    # asks) and the trace holds it, but the next hypergradient leaves it out: that element's
+    # product where each element has a rate, the whole sum where a leaf or the tree has one
+    # (the rate holds for the step), and the step after, the rates move again.
     direction = optax.stateless(lambda g, _: jax.tree.map(jnp.exp, g))
-    tx = lrr_optax.learning_rate_rates(1e-3, direction=direction, granularity="tensor")
+    tx = lrr_optax.learning_rate_rates(1e-3, direction=direction, granularity=granularity)
     step = jax.jit(lrr_optax.update_with_hypergradients(tx))
-    params = {"w": jnp.ones(4, jnp.float32)}
-    grads = {"w": jnp.asarray([100.0, 0.0, np.log(2.0), np.log(3.0)], jnp.float32)}
+    params = {"w": jnp.ones(4, jnp.float32), "b": jnp.ones(2, jnp.float32)}
+    grads = {
+        "w": jnp.asarray([100.0, 0.0, np.log(2.0), np.log(3.0)], jnp.float32),
+        "b": jnp.zeros(2, jnp.float32),
+    }
     updates, state, _ = step(grads, tx.init(params))
     assert np.isinf(updates["w"][0]) and np.all(np.isfinite(updates["w"][1:]))
-    trace = np.asarray(state.prev_direction["w"], np.float64)
-    updates, state, aux = step({"w": jnp.full(4, 0.5, jnp.float32)}, state)
-    # h⁽⁰⁾ = −Σ g·u over the elements where the product is finite.
-    np.testing.assert_allclose(aux.hypergradients[0]["w"], -0.5 * trace[1:].sum(), rtol=1e-6)
+    trace = {k: np.asarray(v, np.float64) for k, v in state.prev_direction.items()}
+    before = state
+    half = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    updates, state, aux = step(half, state)
+    h0 = aux.hypergradients[0]
+    if granularity == "parameter":
+        finite_w = np.where(np.isfinite(trace["w"]), trace["w"], 0.0)
+        expected = {"w": -0.5 * finite_w, "b": -0.5 * trace["b"]}
+        for name in expected:
+            np.testing.assert_allclose(h0[name], expected[name], rtol=1e-6)
+    elif granularity == "tensor":
+        np.testing.assert_array_equal(h0["w"], 0.0)
+        np.testing.assert_allclose(h0["b"], -0.5 * trace["b"].sum(), rtol=1e-6)
+        np.testing.assert_array_equal(state.etas[0]["w"], before.etas[0]["w"])
+    else:
+        # The leaf that overflowed is left out of the tree's sum; the other one counts.
+        np.testing.assert_allclose(h0, -0.5 * trace["b"].sum(), rtol=1e-6)
     for leaf in jax.tree.leaves((state, updates)):
         assert np.all(np.isfinite(leaf))
+    moved = state
+    _, state, aux = step(half, state)
+    assert all(np.all(h != 0) for h in jax.tree.leaves(aux.hypergradients[0]))
+    for new, old in zip(jax.tree.leaves(state.etas[0]), jax.tree.leaves(moved.etas[0])):
+        assert np.all(new != old)
 
 
 # --- arguments -------------------------------------------------------------------------------
