@@ -60,6 +60,25 @@ def after(x, dependency):
     return _cpu_only(ordered, lambda x, dependency: x, x, dependency)
 
 
+def summed_product(g, u, dtype) -> jax.Array:
+    """Σ g ⊙ u over a whole leaf, in ``dtype``: one dot product on XLA:CPU.
+
+    XLA:CPU runs a sum as a YNNPACK kernel that takes no fused producer, so the product
+    would be written to a temporary and read back; a dot product reads both operands
+    once. Other backends fuse the product into their reduction.
+    """
+    axes = tuple(range(jnp.ndim(g)))
+
+    def dot(g, u):
+        contract = ((axes, axes), ((), ()))
+        return jax.lax.dot_general(g, u, contract, preferred_element_type=dtype)
+
+    def fused(g, u):
+        return jnp.sum(g * u, dtype=dtype)
+
+    return _cpu_only(dot, fused, g.astype(dtype), u.astype(dtype))
+
+
 def in_place_of(new, old, count):
     """``new``, which overwrites ``old``, depending on it elementwise off XLA:CPU.
 

@@ -154,19 +154,13 @@ def _sums_as_dots(config: Config, grads, traces) -> bool:
 def _leaf_h0(g, u, eta) -> jax.Array:
     """−Σ g ⊙ u over one leaf, or 0 where that sum is not finite (the leaf's rate holds).
 
-    A dot product reads g and u once. The elementwise product with its guards is a
-    producer that XLA:CPU's reduction (a YNNPACK kernel) does not fuse: it writes the
-    product to a temporary and reads it back, 8 bytes a parameter more and a third of
-    ``lrr_adam``'s step at 10M parameters (measured, ``speed_defaults.md``). A non-finite
-    gradient element, a trace holding a direction's overflow, or a product that overflows
-    makes the sum non-finite; the leaf's h⁽⁰⁾ is then 0 for the step.
+    Summed without a guard on each product (``_ordering.summed_product``: on XLA:CPU a dot
+    product, which reads g and u once, where the guarded product was written to a
+    temporary and read back: 8 bytes a parameter, measured). A non-finite gradient
+    element, a trace holding a direction's overflow, or a product that overflows makes the
+    sum non-finite; the leaf's h⁽⁰⁾ is then 0 for the step.
     """
-    dtype = eta.dtype
-    axes = tuple(range(jnp.ndim(g)))
-    total = jax.lax.dot_general(
-        g.astype(dtype), u.astype(dtype), ((axes, axes), ((), ())), preferred_element_type=dtype
-    )
-    return _zero_nonfinite(-total)
+    return _zero_nonfinite(-_ordering.summed_product(g, u, eta.dtype))
 
 
 def _reduce(tree, source, target, like_eta):

@@ -70,7 +70,9 @@ def learning_rate_rates(
     except by its tensor's pooled step with ``element_share``);
     a hypergradient or rule result that overflows leaves that rate unchanged for the step;
     a direction that overflows from finite gradients moves no rate (its inf is in that
-    step's update and in the trace, which the next hypergradient leaves out).
+    step's update and in the trace, which the next hypergradient leaves out). A per-tensor
+    or global η⁽⁰⁾'s hypergradient is one dot product per leaf: a leaf whose sum is not
+    finite is left out of it for the step, so its per-tensor rate holds.
 
     Args:
       learning_rate: the initial η⁽⁰⁾ (a non-negative float or an array that broadcasts

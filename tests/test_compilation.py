@@ -203,6 +203,9 @@ _BACKEND_CASES = {
     "m=1, sgd direction": dict(rates=(1e-2,)),
     "m=1, adam direction": dict(rates=(1e-2,), direction="adam"),
     "m=1, horizon": dict(rates=(1e-2,), horizon=0.5),
+    # A coarse η⁽⁰⁾'s hypergradient is a dot product on XLA:CPU, a fused sum elsewhere.
+    "m=2, tensor, adam direction": dict(rates=(1e-2, 1e-3), direction="adam", granularity="tensor"),
+    "m=1, global": dict(rates=(1e-2,), granularity="global"),
     **{
         f"m=3, {schedule}, {rule}": dict(rates=(1e-2, 1e-3, 1e-4), schedule=schedule, rule=rule)
         for schedule in lrr_optax.SCHEDULES
@@ -220,7 +223,7 @@ def _trajectory(case: dict, steps: int = 4):
     options = dict(case)
     if options.pop("direction", None):
         options["direction"] = optax_promotion(optax.scale_by_adam())
-    tx = lrr_optax.learning_rate_rates(0.05, granularity="parameter", **options)
+    tx = lrr_optax.learning_rate_rates(0.05, **{"granularity": "parameter", **options})
     params = PROBLEM.params(jnp.float64)
     state = tx.init(params)
 
