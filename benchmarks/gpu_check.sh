@@ -95,7 +95,7 @@ PY
     fi
 
     echo "== the defaults against optax.adam (10M, 50 steps in lax.scan)"
-    timeout 90 "$PY" -m benchmarks.speed.defaults --out "$OUT" --name speed_defaults_gpu
+    timeout 150 "$PY" -m benchmarks.speed.defaults --out "$OUT" --name speed_defaults_gpu
     echo "defaults exit status: $?"
 
     echo "== oracle tests on the GPU (float64): tests/test_oracle.py"
