@@ -76,7 +76,12 @@ def summed_product(g, u, dtype) -> jax.Array:
     def fused(g, u):
         return jnp.sum(g * u, dtype=dtype)
 
-    return _cpu_only(dot, fused, g.astype(dtype), u.astype(dtype))
+    g, u = g.astype(dtype), u.astype(dtype)
+    if _sharded(g) or _sharded(u):
+        # In Explicit mode a dot product over sharded axes must be told its output's
+        # sharding; a sum is replicated by itself.
+        return fused(g, u)
+    return _cpu_only(dot, fused, g, u)
 
 
 def in_place_of(new, old, count):

@@ -60,6 +60,14 @@ CONFIGS = {
         schedule="cascade",
         adam=False,
     ),
+    # A per-tensor η⁽⁰⁾ (the Adam aliases' default): each leaf's hypergradient is summed
+    # over its sharded axes.
+    "tensor": dict(
+        learning_rate=0.05,
+        rates=(1e-2, 1e-3),
+        granularity="tensor",
+        adam=True,
+    ),
     # Pooled moments: a per-element moment sharded like its parameter beside a
     # replicated scalar of its tensor.
     "pooled": dict(
