@@ -156,9 +156,11 @@ def materialised(x, finite) -> jax.Array:
 def written_once(x) -> jax.Array:
     """``x``, written once by its own kernel and read back by every consumer, on CPU only.
 
-    :func:`materialised` by a divisor read from no buffer: an iota over the flattened
-    leaf, finite and different in every element (XLA folds an iota along one axis into a
-    vector, and a divisor broadcast from one, into a multiplication it duplicates again).
+    :func:`materialised` by a divisor computed from ``x`` itself, min(|x|, 1): finite
+    wherever x is not NaN (an inf passes as inf), read from no other buffer, and not a
+    broadcast scalar (which XLA would turn into a multiplication it duplicates again).
+    An iota divisor, used before, is loop-invariant: XLA hoisted it out of ``lax.scan`` as
+    a parameter-sized buffer that every step read (4 bytes a parameter, measured).
     """
     return materialised(x, jnp.minimum(jnp.abs(x), 1))
 
