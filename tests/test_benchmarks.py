@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -143,6 +144,34 @@ def test_lr_free_wins_count_problems_where_the_worst_case_is_lower():
 
 
 # --- the quality suite --------------------------------------------------------------------------
+
+
+def test_the_cnn_is_the_convolution_it_stands_for():
+    """The CNN's patch matmuls compute ``lax.conv_general_dilated``'s stride-2 SAME conv."""
+    from benchmarks.quality import models
+
+    def reference(params, x):
+        h = x[:, None, :]
+        for conv in params["convs"]:
+            h = jax.nn.relu(jax.lax.conv_general_dilated(h, conv["w"], (2,), "SAME") + conv["b"])
+        return h.reshape(h.shape[0], -1) @ params["out"]["w"] + params["out"]["b"]
+
+    params = models.init_cnn1d(jax.random.key(0))
+    # Random biases, so that a transposed bias or channel order would show.
+    params = jax.tree.map(
+        lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape, p.dtype), params
+    )
+    x = jax.random.normal(jax.random.key(2), (16, 40), jnp.float32)
+    got, want = models.apply_cnn1d(params, x), reference(params, x)
+    assert got.shape == (16, 10)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    # Odd lengths pad like SAME too.
+    h = jax.random.normal(jax.random.key(3), (2, 7, 3), jnp.float32)
+    w = jax.random.normal(jax.random.key(4), (4, 3, 5), jnp.float32)
+    want = jax.lax.conv_general_dilated(
+        h, jnp.transpose(w, (2, 1, 0)), (2,), "SAME", dimension_numbers=("NWC", "WIO", "NWC")
+    )
+    np.testing.assert_allclose(models._conv_same_stride2(h, w), want, rtol=1e-5, atol=1e-5)
 
 
 def test_every_kind_of_method_trains():
