@@ -40,8 +40,8 @@ def apply_cnn1d(params, x):
     # The convolutions as explicit patch matmuls, channels last: the same function as
     # ``lax.conv_general_dilated(h, w, (2,), "SAME")`` (tests/test_benchmarks.py checks it),
     # but XLA:CPU runs a vmapped convolution inside ``lax.scan`` in channels-first layout,
-    # 9x slower (30 runs of one training step: 619 ms against 67 ms on 2026-12-02), which
-    # made the long budget cost hours.
+    # 9x slower than these matmuls (30 runs of one training step: 619 ms against 67 ms on
+    # 2026-12-02), which made the long budget cost hours.
     h = x[:, :, None]  # (batch, length 40, channels)
     for conv in params["convs"]:
         h = jax.nn.relu(_conv_same_stride2(h, conv["w"]) + conv["b"][:, 0])
