@@ -46,6 +46,7 @@ def lrr_sgd(
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
+    spike_rescale_start: int | None = 0,
     element_share: float | None = None,
     anchor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -71,7 +72,8 @@ def lrr_sgd(
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``anneal_steps``,
-        ``spike_threshold``, ``spike_rescale``, ``element_share`` and ``anchor``.
+        ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start``, ``element_share``
+        and ``anchor``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -104,6 +106,7 @@ def lrr_sgd(
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
+        spike_rescale_start=spike_rescale_start,
         element_share=element_share,
         anchor=anchor,
     )
@@ -132,7 +135,8 @@ def lrr_adam(
     horizon_start: int = 0,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
-    spike_rescale: bool = False,
+    spike_rescale: bool = True,
+    spike_rescale_start: int | None = None,
     element_share: float | None = None,
     anchor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -144,6 +148,10 @@ def lrr_adam(
     Under heavy gradient noise that one-step hypergradient holds the rate too high;
     ``horizon=0.35, horizon_start=200`` looks back along a trace of past steps once the
     transient is over (measured in ``benchmarks/results/defaults.md``, eleventh step).
+    Near an interpolating minimum Adam's direction shrinks (its second moment lags the
+    vanishing gradients) and the rate rises to make up for it, until one jump of the
+    direction takes a step the network does not survive; a spike's rescale, from the end of
+    the warm-up on, divides the rate by that jump first (fourteenth step).
 
     Args:
       learning_rate: the initial learning rate η⁽⁰⁾.
@@ -156,8 +164,8 @@ def lrr_adam(
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``anneal_steps``,
-        ``spike_threshold``, ``spike_rescale`` (off here: Adam's steps are bounded by the
-        rate), ``element_share`` and ``anchor``.
+        ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start`` (``None`` here:
+        the rescale starts when the warm-up ramp ends), ``element_share`` and ``anchor``.
       bounds: as in :func:`learning_rate_rates`, but ``(0, 1)`` by default: an Adam
         direction's coordinates are at most (1 − β₁)/√(1 − β₂) ≈ 3.2, so η⁽⁰⁾ ≤ 1 keeps
         every coordinate's step below about 3: near convergence the hypergradient would
@@ -197,6 +205,7 @@ def lrr_adam(
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
+        spike_rescale_start=spike_rescale_start,
         element_share=element_share,
         anchor=anchor,
     )
@@ -227,7 +236,8 @@ def lrr_adamw(
     horizon_start: int = 0,
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
-    spike_rescale: bool = False,
+    spike_rescale: bool = True,
+    spike_rescale_start: int | None = None,
     element_share: float | None = None,
     anchor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -250,7 +260,8 @@ def lrr_adamw(
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``anneal_steps``,
-        ``spike_threshold``, ``spike_rescale`` (off here), ``element_share`` and ``anchor``.
+        ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start`` (``None`` here, as
+        in :func:`lrr_adam`), ``element_share`` and ``anchor``.
       bounds: as in :func:`lrr_adam`: ``(0, 1)`` by default.
 
     Returns:
@@ -287,6 +298,7 @@ def lrr_adamw(
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
+        spike_rescale_start=spike_rescale_start,
         element_share=element_share,
         anchor=anchor,
     )

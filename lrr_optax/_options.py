@@ -55,6 +55,7 @@ class Config:
     granularities: tuple[gr.Granularity, ...]  # one per adapted order
     rules: tuple[_rules.RuleConfig, ...]  # one per adapted order
     state_dtype: Any
+    rescale_start: Any = 0  # the first step at which a spike may rescale a rate
 
     @property
     def normalized(self) -> bool:
@@ -110,6 +111,8 @@ class Config:
         bound holds, on the factor itself.
         """
         rule = self.rules[j]
+        if rule.rescale and _concrete(self.rescale_start) != 0:
+            rule = rule._replace(rescaling=count >= self.rescale_start)
         if j or self.envelope is None or (rule.lower is None and rule.upper is None):
             return rule
         scale = jnp.asarray(value_at(self.envelope, count))
@@ -271,14 +274,16 @@ def _nonnegative(name: str, value, *, below: float | None = None) -> None:
         raise ValueError(f"{name} must be {limit}, got {concrete}.")
 
 
-def _step_number(name: str, value) -> None:
+def _step_number(name: str, value, otherwise: str = "") -> None:
     """A step count or index: an int >= 0, or an integer array (``inject_hyperparams``
-    passes one, possibly traced)."""
+    passes one, possibly traced). ``otherwise`` names what else the option accepts."""
     integral = isinstance(value, numbers.Integral) or (
         _is_array(value) and jnp.issubdtype(value.dtype, jnp.integer)
     )
     if isinstance(value, bool) or not integral:
-        raise TypeError(f"{name} is a number of steps and must be an int >= 0, got {value!r}.")
+        raise TypeError(
+            f"{name} is a number of steps and must be an int >= 0{otherwise}, got {value!r}."
+        )
     _nonnegative(name, value)
 
 
@@ -325,6 +330,7 @@ def parse(
     element_share=None,
     anchor=None,
     horizon_start=0,
+    spike_rescale_start=0,
 ) -> Config:
     """Check every option of :func:`learning_rate_rates` and resolve them into a config."""
     if isinstance(rates, str) or not isinstance(rates, Sequence) and not _is_array(rates):
@@ -374,6 +380,12 @@ def parse(
         )
     _per_parameter_options(element_share, anchor, rule, granularities)
     _step_number("warmup", warmup)
+    if spike_rescale_start is None:
+        spike_rescale_start = warmup
+    else:
+        _step_number(
+            "spike_rescale_start", spike_rescale_start, " (or None: when the warm-up ends)"
+        )
     _nonnegative("warmup_start", warmup_start)
     start = _concrete(warmup_start)
     if start is not None and not 0 < start <= 1:
@@ -445,4 +457,5 @@ def parse(
             for j in range(order)
         ),
         state_dtype=state_dtype,
+        rescale_start=spike_rescale_start,
     )

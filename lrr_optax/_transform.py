@@ -33,6 +33,7 @@ def learning_rate_rates(
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
+    spike_rescale_start: int | None = 0,
     element_share: float | None = None,
     anchor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -132,6 +133,11 @@ def learning_rate_rates(
         Rosenbrock's walls; ``lrr_adam`` turns it off (its steps are bounded by the rate).
         Only with the ``"log_normalized"`` rule, a ``clip`` and a ``spike_threshold``;
         elsewhere it changes nothing. True by default.
+      spike_rescale_start: the first step n at which a spike may rescale; ``None``: when
+        the warm-up ramp ends (``warmup_steps``). 0 by default; the Adam aliases use
+        ``None``, because the ramp's geometric growth makes their hypergradient jump by
+        design, and after it the rescale is what stops a late collapse near an
+        interpolating minimum (``benchmarks/results/defaults.md``, fourteenth step).
       element_share: κ ≥ 0 pools the per-parameter rates' steps: each element moves by
         its tensor's pooled step S = Σ_i u_i / √V̂ (V a debiased EMA of (Σ_i u_i)², the
         step a per-tensor rate would take) plus κ times its own normalised step, each
@@ -193,6 +199,7 @@ def learning_rate_rates(
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
+        spike_rescale_start=spike_rescale_start,
         element_share=element_share,
         anchor=anchor,
     )

@@ -16,8 +16,8 @@ The rules, per order j with ρ the rate above and h the raw hypergradient, eleme
 * additive family ``R = η − ρ s``, ``α = −s``; log family ``R = η exp(−ρ s)``, ``α = −R s``;
 * with the spike's rescale (log_normalized, a clip and τ): ``R ← R / F``, ``α = −R s``,
   ``F = min(max(r / max(c, τ), 1), 10⁶)``, ``r = u / √v̂ₙ₋₁`` against the moment before the
-  step (``v̂ₙ₋₁ = v / (1 − β^(k−1))``; ``F = 1`` at ``k = 1``; ``r = ∞`` for ``u > 0`` where
-  ``v = 0``), held like ``v̂``;
+  step (``v̂ₙ₋₁ = v / (1 − β^(k−1))``; ``F = 1`` at ``k = 1`` and before the step
+  ``spike_rescale_start``; ``r = ∞`` for ``u > 0`` where ``v = 0``), held like ``v̂``;
 * bounds: ``R`` clamped and ``α = 0`` where clamped; a non-finite ``R`` keeps η, ``α = 0``;
 * pooled (``element_share`` κ, per-parameter orders): ``S = Σu / (√V̂ + ε)`` with ``V`` the
   EMA of ``(Σu)²`` over the leaf, each of ``S`` and the element's ``s`` clipped and spiked
@@ -64,10 +64,12 @@ class Rule(NamedTuple):
     rescale: bool = False
     pool: float | None = None
     anchor: float | None = None
+    rescale_start: int = 0  # the first step n whose spike may rescale
 
 
-def rule_step(spec: Rule, eta, rho, h, v, k: int):
-    """``(R, α, v)`` of one rule step: η, ρ may be complex; h, v are real; ``k ≥ 1``.
+def rule_step(spec: Rule, eta, rho, h, v, k: int, n: int = 0):
+    """``(R, α, v)`` of one rule step at step ``n``: η, ρ may be complex; h, v are real;
+    ``k ≥ 1``.
 
     The normaliser's new statistic enters ``s`` through its real part: it is held. A
     pooled rule's ``v`` is the pair (per-element EMA, the leaf's EMA of the summed
@@ -93,6 +95,7 @@ def rule_step(spec: Rule, eta, rho, h, v, k: int):
     jumping, jump_moment = (total, big_v) if pooled else (u, v)
     fall = 1.0
     rescales = spec.rescale and spec.rule == "log_normalized"
+    rescales = rescales and n >= spec.rescale_start
     if rescales and spec.clip is not None and spec.spike is not None and k > 1:
         with np.errstate(divide="ignore", invalid="ignore"):
             # No history: a jump from nothing, as large as can be.
@@ -312,7 +315,7 @@ def unroll(
                 above = expand_to(source, granularities[j + 1], granularities[j])
             k = max(n - first_active(schedule, j) + 1, 1)
             outs = [
-                rule_step(rules[j], e, r, h, v, k)
+                rule_step(rules[j], e, r, h, v, k, n)
                 for e, r, h, v in zip(etas[j], above, hs[j], moments[j], strict=True)
             ]
             new[j] = [o[0] for o in outs]

@@ -43,18 +43,23 @@ def test_only_lrr_sgd_looks_back_by_default():
 
 
 @pytest.mark.parametrize("alias", [lrr_optax.lrr_adam, lrr_optax.lrr_adamw])
-def test_only_the_sgd_direction_rescales_spikes_by_default(alias):
-    # Adam's steps are bounded by the rate: its aliases leave a spike's ratio out, which
-    # the SGD direction's defaults divide the rate by.
-    def rate(tx):
+def test_the_adam_aliases_rescale_spikes_only_after_the_ramp(alias):
+    # The ramp's geometric growth makes the hypergradient jump by design: the Adam aliases
+    # let a spike divide the rate from the end of the warm-up on (spike_rescale_start=None),
+    # the SGD direction's defaults from step 0 (Rosenbrock's walls come during its ramp).
+    def rate(tx, steps):
         with jax.numpy_dtype_promotion("standard"):
-            return rates_through_a_jump(tx, 101, -1000.0)[-1]
+            return rates_through_a_jump(tx, steps, -1000.0)[-1]
 
-    options = dict(granularity="global", warmup_steps=0)
-    assert rate(alias(1e-2, **options)) == rate(alias(1e-2, **options, spike_rescale=False))
-    assert rate(alias(1e-2, **options, spike_rescale=True)) < rate(alias(1e-2, **options)) / 10
-    sgd = lrr_optax.lrr_sgd(1e-2, **options)
-    assert rate(sgd) < rate(lrr_optax.lrr_sgd(1e-2, **options, spike_rescale=False)) / 10
+    options = dict(granularity="global", warmup_steps=20)
+    unscaled = dict(options, spike_rescale=False)
+    during, after = 15, 101
+    assert rate(alias(1e-2, **options), during) == rate(alias(1e-2, **unscaled), during)
+    assert rate(alias(1e-2, **options), after) < rate(alias(1e-2, **unscaled), after) / 10
+    early = dict(options, spike_rescale_start=0)
+    assert rate(alias(1e-2, **early), during) < rate(alias(1e-2, **unscaled), during) / 10
+    sgd, sgd_unscaled = lrr_optax.lrr_sgd(1e-2, **options), lrr_optax.lrr_sgd(1e-2, **unscaled)
+    assert rate(sgd, during) < rate(sgd_unscaled, during) / 10
 
 
 def test_lrr_sgd_without_momentum_is_plain_gradient_direction():
@@ -72,7 +77,7 @@ def test_lrr_adam():
         direction=optax_promotion(optax.scale_by_adam(b1=0.8, b2=0.99, eps=1e-6)),
         schedule="cascade",
         bounds=(0.0, 1.0),
-        spike_rescale=False,
+        spike_rescale_start=None,
     )
     chex.assert_trees_all_close(
         train(alias, 12, promotion="standard")[0],

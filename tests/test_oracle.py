@@ -122,6 +122,7 @@ def check_against_oracle(
     anneal_steps=None,
     spike_threshold=None,
     spike_rescale=False,
+    spike_rescale_start=0,
     element_share=None,
     anchor=None,
 ):
@@ -150,6 +151,7 @@ def check_against_oracle(
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
+        spike_rescale_start=spike_rescale_start,
         element_share=element_share,
         anchor=anchor,
     )
@@ -175,6 +177,7 @@ def check_against_oracle(
                 spike_rescale,
                 element_share,
                 anchor,
+                spike_rescale_start,
             )
         ]
         * order,
@@ -258,6 +261,19 @@ def test_spike_rescale_keeps_the_chain_exact(schedule):
         for rescaled_etas, spiked_etas in zip(rescaled, spiked, strict=True)
         for a, b in zip(jax.tree.leaves(rescaled_etas), jax.tree.leaves(spiked_etas), strict=True)
     )
+
+
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+def test_a_late_spike_rescale_keeps_the_chain_exact(schedule):
+    # Before ``spike_rescale_start`` a spike only passes its excess; from it on it also
+    # divides the rates: the library follows the oracle either side of the start, and the
+    # start changes the rates against a rescale from step 0 and against none.
+    options = dict(clip=0.5, spike_threshold=0.6)
+    args = (3, schedule, ("parameter",) * 3, "log_normalized", "sgd")
+    steps = oracle.first_active(schedule, 2) + 3
+    late = check_against_oracle(*args, **options, spike_rescale=True, spike_rescale_start=steps - 2)
+    assert _differs(late, check_against_oracle(*args, **options, spike_rescale=True))
+    assert _differs(late, check_against_oracle(*args, **options))
 
 
 def _differs(histories, others) -> bool:
