@@ -23,6 +23,10 @@ from ._transform import Bounds, learning_rate_rates
 # the ReLU network (MNIST-1D MLP: to chance from 13 of 15 initial rates at 6000 steps
 # without the bound, from none with it).
 ADAM_BOUNDS: Bounds = (0.0, 1.0)
+# A collapse's jump is in the thousands; minibatch noise in Adam's hypergradient reaches
+# tens, and a rate it rescales recovers only at the annealed pace (``defaults.md``,
+# fourteenth step: the CNN's long budget 2.5x tuned Adam at T = max(c, τ) = 5, 0.6x at 30).
+ADAM_RESCALE_THRESHOLD = 30.0
 
 
 def lrr_sgd(
@@ -47,6 +51,7 @@ def lrr_sgd(
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
     spike_rescale_start: int | None = 0,
+    spike_rescale_threshold: float | None = None,
     element_share: float | None = None,
     anchor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -72,8 +77,8 @@ def lrr_sgd(
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``anneal_steps``,
-        ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start``, ``element_share``
-        and ``anchor``.
+        ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start``,
+        ``spike_rescale_threshold``, ``element_share`` and ``anchor``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
@@ -107,6 +112,7 @@ def lrr_sgd(
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
         spike_rescale_start=spike_rescale_start,
+        spike_rescale_threshold=spike_rescale_threshold,
         element_share=element_share,
         anchor=anchor,
     )
@@ -137,6 +143,7 @@ def lrr_adam(
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
     spike_rescale_start: int | None = None,
+    spike_rescale_threshold: float | None = ADAM_RESCALE_THRESHOLD,
     element_share: float | None = None,
     anchor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -151,7 +158,8 @@ def lrr_adam(
     Near an interpolating minimum Adam's direction shrinks (its second moment lags the
     vanishing gradients) and the rate rises to make up for it, until one jump of the
     direction takes a step the network does not survive; a spike's rescale, from the end of
-    the warm-up on, divides the rate by that jump first (fourteenth step).
+    the warm-up on and for jumps past 30 times the hypergradient's RMS, divides the rate by
+    that jump first (fourteenth step).
 
     Args:
       learning_rate: the initial learning rate η⁽⁰⁾.
@@ -165,7 +173,8 @@ def lrr_adam(
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``anneal_steps``,
         ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start`` (``None`` here:
-        the rescale starts when the warm-up ramp ends), ``element_share`` and ``anchor``.
+        the rescale starts when the warm-up ramp ends), ``spike_rescale_threshold`` (30
+        here), ``element_share`` and ``anchor``.
       bounds: as in :func:`learning_rate_rates`, but ``(0, 1)`` by default: an Adam
         direction's coordinates are at most (1 − β₁)/√(1 − β₂) ≈ 3.2, so η⁽⁰⁾ ≤ 1 keeps
         every coordinate's step below about 3: near convergence the hypergradient would
@@ -206,6 +215,7 @@ def lrr_adam(
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
         spike_rescale_start=spike_rescale_start,
+        spike_rescale_threshold=spike_rescale_threshold,
         element_share=element_share,
         anchor=anchor,
     )
@@ -238,6 +248,7 @@ def lrr_adamw(
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
     spike_rescale_start: int | None = None,
+    spike_rescale_threshold: float | None = ADAM_RESCALE_THRESHOLD,
     element_share: float | None = None,
     anchor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -261,7 +272,8 @@ def lrr_adamw(
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``anneal_steps``,
         ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start`` (``None`` here, as
-        in :func:`lrr_adam`), ``element_share`` and ``anchor``.
+        in :func:`lrr_adam`), ``spike_rescale_threshold`` (30, as there),
+        ``element_share`` and ``anchor``.
       bounds: as in :func:`lrr_adam`: ``(0, 1)`` by default.
 
     Returns:
@@ -299,6 +311,7 @@ def lrr_adamw(
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
         spike_rescale_start=spike_rescale_start,
+        spike_rescale_threshold=spike_rescale_threshold,
         element_share=element_share,
         anchor=anchor,
     )

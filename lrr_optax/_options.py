@@ -331,6 +331,7 @@ def parse(
     anchor=None,
     horizon_start=0,
     spike_rescale_start=0,
+    spike_rescale_threshold=None,
 ) -> Config:
     """Check every option of :func:`learning_rate_rates` and resolve them into a config."""
     if isinstance(rates, str) or not isinstance(rates, Sequence) and not _is_array(rates):
@@ -380,6 +381,18 @@ def parse(
         )
     _per_parameter_options(element_share, anchor, rule, granularities)
     _step_number("warmup", warmup)
+    if spike_rescale_threshold is not None:
+        if isinstance(spike_rescale_threshold, bool):
+            raise TypeError(
+                "spike_rescale_threshold is a number, e.g. 30.0, or None (max(clip, "
+                f"spike_threshold)); got {spike_rescale_threshold}."
+            )
+        _nonnegative("spike_rescale_threshold", spike_rescale_threshold)
+        if _concrete(spike_rescale_threshold) == 0:
+            raise ValueError(
+                "spike_rescale_threshold must be finite and > 0 (a rate is divided by its "
+                "signal's jump over it), or None for max(clip, spike_threshold); got 0."
+            )
     if spike_rescale_start is None:
         spike_rescale_start = warmup
     else:
@@ -453,6 +466,7 @@ def parse(
                 spike_rescale,
                 element_share if granularities[j] == "parameter" else None,
                 anchor if granularities[j] == "parameter" else None,
+                spike_rescale_threshold,
             )
             for j in range(order)
         ),

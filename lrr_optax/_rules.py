@@ -14,10 +14,10 @@ order is chained through (``docs/math.md``, "Rules"). Every rule is written as
     R = R / F              (optional rescale)      α = −R·s
     R = clamp(R, lo, hi)                           α = 0 where clamped
 
-where F = min(max(r / max(c, τ), 1), F_max) is the spike's ratio (``log_normalized`` only;
-1 before the step the rescale starts at) and r = u / √v̂ₙ₋₁ the signal against the moment
-before this step, held like v̂ so that α keeps its form. Clipping, normalising and bounds
-change how a rate moves and never the chain itself.
+where F = min(max(r / T, 1), F_max) is the spike's ratio (``log_normalized`` only; T is
+max(c, τ) unless given; 1 before the step the rescale starts at) and r = u / √v̂ₙ₋₁ the
+signal against the moment before this step, held like v̂ so that α keeps its form.
+Clipping, normalising and bounds change how a rate moves and never the chain itself.
 
 Per-parameter rates may be pooled (``element_share`` κ): each element's step is then
 φ(S) + κ·φ(s_i), φ the clip and spike above, with S = Σ_i u_i / (√V̂ + ε) the step of one
@@ -76,13 +76,27 @@ class RuleConfig(NamedTuple):
     rescale: bool  # a spike also divides the rate by its ratio F (log_normalized only)
     pool: Any = None  # κ: the element's share beside its leaf's pooled step, or None
     anchor: Any = None  # λ: the pull of each element's rate toward its leaf's mean, or None
+    # T of the rescale's ratio F = r / T, or None for max(c, τ)
+    rescale_threshold: Any = None
     # Whether a spike may rescale at this step (a traced bool, ``Config.rule_at``), or None
     # where it always may.
     rescaling: Any = None
 
     @classmethod
     def make(
-        cls, rule: Rule, clip, lower, upper, decay, eps, anneal, spike, rescale, pool, anchor
+        cls,
+        rule: Rule,
+        clip,
+        lower,
+        upper,
+        decay,
+        eps,
+        anneal,
+        spike,
+        rescale,
+        pool,
+        anchor,
+        rescale_threshold=None,
     ) -> RuleConfig:
         log_space, normalized = rule in LOG_SPACE_RULES, rule in NORMALIZED_RULES
         # The ratio needs a history (the normaliser's moment), a scale-free step (log
@@ -103,6 +117,7 @@ class RuleConfig(NamedTuple):
             rescale,
             pool if normalized else None,
             anchor,
+            rescale_threshold,
         )
 
 
@@ -156,9 +171,13 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
         # minimum). The SGD direction's next step grows with the gradient, so a rate that
         # falls by e^(−ρs) a step falls too late; the Adam direction's steps are bounded by
         # the rate and do not need this.
-        threshold = jnp.maximum(
-            jnp.asarray(config.spike).astype(compute), jnp.asarray(config.clip).astype(compute)
-        )
+        if config.rescale_threshold is None:
+            threshold = jnp.maximum(
+                jnp.asarray(config.spike).astype(compute),
+                jnp.asarray(config.clip).astype(compute),
+            )
+        else:
+            threshold = jnp.asarray(config.rescale_threshold).astype(compute)
         fall = jnp.clip(fall / threshold, 1, MAX_FALL)
         if config.rescaling is not None:
             fall = jnp.where(config.rescaling, fall, jnp.ones_like(fall))

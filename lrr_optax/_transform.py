@@ -34,6 +34,7 @@ def learning_rate_rates(
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
     spike_rescale_start: int | None = 0,
+    spike_rescale_threshold: float | None = None,
     element_share: float | None = None,
     anchor: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -126,18 +127,21 @@ def learning_rate_rates(
         outside its own history (an overshoot under way) lowers the rate at once instead
         of by e^(−ρc) a step. Rises stay clipped. Only acts with a ``clip``; 5.0 by
         default (the normalised rules' s stays below 10); ``None`` clips falls like rises.
-      spike_rescale: whether a spike also divides the rate by its ratio
-        F = r / max(c, τ), r the signal against the normaliser's moment before the step
-        (at most 10⁶ a step): a gradient that jumped r-fold says the last step was about
-        r times too long. For the SGD direction, whose steps grow with the gradient, on
-        Rosenbrock's walls; ``lrr_adam`` turns it off (its steps are bounded by the rate).
-        Only with the ``"log_normalized"`` rule, a ``clip`` and a ``spike_threshold``;
-        elsewhere it changes nothing. True by default.
+      spike_rescale: whether a spike also divides the rate by its ratio F = r / T
+        (T = ``spike_rescale_threshold``, max(c, τ) by default), r the signal against the
+        normaliser's moment before the step (F at most 10⁶ a step): a gradient that jumped
+        r-fold says the last step was about r times too long. For the SGD direction,
+        whose steps grow with the gradient, on Rosenbrock's walls, and for the Adam
+        direction's late collapses. Only with the ``"log_normalized"`` rule, a ``clip``
+        and a ``spike_threshold``; elsewhere it changes nothing. True by default.
       spike_rescale_start: the first step n at which a spike may rescale; ``None``: when
         the warm-up ramp ends (``warmup_steps``). 0 by default; the Adam aliases use
         ``None``, because the ramp's geometric growth makes their hypergradient jump by
         design, and after it the rescale is what stops a late collapse near an
         interpolating minimum (``benchmarks/results/defaults.md``, fourteenth step).
+      spike_rescale_threshold: T of the rescale's ratio F = r / T; ``None`` (the default)
+        for max(c, τ). The Adam aliases use 30: the rescale then answers the jumps of a
+        collapse (r in the thousands) and not the heavier tail of minibatch noise.
       element_share: κ ≥ 0 pools the per-parameter rates' steps: each element moves by
         its tensor's pooled step S = Σ_i u_i / √V̂ (V a debiased EMA of (Σ_i u_i)², the
         step a per-tensor rate would take) plus κ times its own normalised step, each
@@ -200,6 +204,7 @@ def learning_rate_rates(
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
         spike_rescale_start=spike_rescale_start,
+        spike_rescale_threshold=spike_rescale_threshold,
         element_share=element_share,
         anchor=anchor,
     )

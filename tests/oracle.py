@@ -15,7 +15,8 @@ The rules, per order j with ρ the rate above and h the raw hypergradient, eleme
 * optional clip ``s ← clip(s, −c, c)``, plus ``max(s − max(c, τ), 0)`` with a spike τ;
 * additive family ``R = η − ρ s``, ``α = −s``; log family ``R = η exp(−ρ s)``, ``α = −R s``;
 * with the spike's rescale (log_normalized, a clip and τ): ``R ← R / F``, ``α = −R s``,
-  ``F = min(max(r / max(c, τ), 1), 10⁶)``, ``r = u / √v̂ₙ₋₁`` against the moment before the
+  ``F = min(max(r / T, 1), 10⁶)`` (T = ``spike_rescale_threshold``, else ``max(c, τ)``),
+  ``r = u / √v̂ₙ₋₁`` against the moment before the
   step (``v̂ₙ₋₁ = v / (1 − β^(k−1))``; ``F = 1`` at ``k = 1`` and before the step
   ``spike_rescale_start``; ``r = ∞`` for ``u > 0`` where ``v = 0``), held like ``v̂``;
 * bounds: ``R`` clamped and ``α = 0`` where clamped; a non-finite ``R`` keeps η, ``α = 0``;
@@ -65,6 +66,7 @@ class Rule(NamedTuple):
     pool: float | None = None
     anchor: float | None = None
     rescale_start: int = 0  # the first step n whose spike may rescale
+    rescale_threshold: float | None = None  # T of F = r / T (None: max(c, τ))
 
 
 def rule_step(spec: Rule, eta, rho, h, v, k: int, n: int = 0):
@@ -102,7 +104,8 @@ def rule_step(spec: Rule, eta, rho, h, v, k: int, n: int = 0):
             jump = np.where(np.real(jumping) > 0, np.inf, 0.0)
             history = np.sqrt(jump_moment / (1.0 - spec.decay ** (k - 1)))
             r = np.where(jump_moment > 0, np.real(jumping) / history, jump)
-        fall = np.clip(r / max(spec.spike, spec.clip), 1.0, 1e6)
+        threshold = spec.rescale_threshold or max(spec.spike, spec.clip)
+        fall = np.clip(r / threshold, 1.0, 1e6)
 
     def normalised(signal, moment):
         moment = spec.decay * moment + (1.0 - spec.decay) * np.real(signal) ** 2

@@ -78,6 +78,7 @@ def test_lrr_adam():
         schedule="cascade",
         bounds=(0.0, 1.0),
         spike_rescale_start=None,
+        spike_rescale_threshold=30.0,
     )
     chex.assert_trees_all_close(
         train(alias, 12, promotion="standard")[0],

@@ -123,6 +123,7 @@ def check_against_oracle(
     spike_threshold=None,
     spike_rescale=False,
     spike_rescale_start=0,
+    spike_rescale_threshold=None,
     element_share=None,
     anchor=None,
 ):
@@ -152,6 +153,7 @@ def check_against_oracle(
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
         spike_rescale_start=spike_rescale_start,
+        spike_rescale_threshold=spike_rescale_threshold,
         element_share=element_share,
         anchor=anchor,
     )
@@ -178,6 +180,7 @@ def check_against_oracle(
                 element_share,
                 anchor,
                 spike_rescale_start,
+                spike_rescale_threshold,
             )
         ]
         * order,
@@ -274,6 +277,16 @@ def test_a_late_spike_rescale_keeps_the_chain_exact(schedule):
     late = check_against_oracle(*args, **options, spike_rescale=True, spike_rescale_start=steps - 2)
     assert _differs(late, check_against_oracle(*args, **options, spike_rescale=True))
     assert _differs(late, check_against_oracle(*args, **options))
+
+
+@pytest.mark.parametrize("schedule", ["simultaneous", "cascade"])
+def test_a_spike_rescale_threshold_keeps_the_chain_exact(schedule):
+    # F = r / T with T given instead of max(c, τ): the library follows the oracle, and the
+    # threshold changes the rates.
+    options = dict(clip=0.5, spike_threshold=0.6, spike_rescale=True)
+    args = (3, schedule, ("parameter",) * 3, "log_normalized", "sgd")
+    high = check_against_oracle(*args, **options, spike_rescale_threshold=2.0)
+    assert _differs(high, check_against_oracle(*args, **options))
 
 
 def _differs(histories, others) -> bool:
