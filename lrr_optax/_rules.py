@@ -169,8 +169,9 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
         # A gradient that jumped r-fold along the last step says the step was about r times
         # too long (a quadratic wall: the gradient grows with the distance past the line's
         # minimum). The SGD direction's next step grows with the gradient, so a rate that
-        # falls by e^(−ρs) a step falls too late; the Adam direction's steps are bounded by
-        # the rate and do not need this.
+        # falls by e^(−ρs) a step falls too late. The Adam direction's steps are bounded by
+        # the rate, but near an interpolating minimum the rate has grown to make up for a
+        # shrunken direction, and a direction back at full size is such a jump.
         if config.rescale_threshold is None:
             threshold = jnp.maximum(
                 jnp.asarray(config.spike).astype(compute),
