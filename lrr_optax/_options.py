@@ -457,16 +457,17 @@ def parse(
         rules=tuple(
             _rules.RuleConfig.make(
                 rule,
-                clips[j],
-                *per_order_bounds[j],
-                normalizer_decay,
-                normalizer_eps,
-                anneal_steps,
-                spike_threshold,
-                spike_rescale,
-                element_share if granularities[j] == "parameter" else None,
-                anchor if granularities[j] == "parameter" else None,
-                spike_rescale_threshold,
+                clip=clips[j],
+                lower=per_order_bounds[j][0],
+                upper=per_order_bounds[j][1],
+                decay=normalizer_decay,
+                eps=normalizer_eps,
+                anneal=anneal_steps,
+                spike=spike_threshold,
+                rescale=spike_rescale,
+                pool=element_share if granularities[j] == "parameter" else None,
+                anchor=anchor if granularities[j] == "parameter" else None,
+                rescale_threshold=spike_rescale_threshold,
             )
             for j in range(order)
         ),

@@ -83,42 +83,15 @@ class RuleConfig(NamedTuple):
     rescaling: Any = None
 
     @classmethod
-    def make(
-        cls,
-        rule: Rule,
-        clip,
-        lower,
-        upper,
-        decay,
-        eps,
-        anneal,
-        spike,
-        rescale,
-        pool,
-        anchor,
-        rescale_threshold=None,
-    ) -> RuleConfig:
+    def make(cls, rule: Rule, *, clip, spike, rescale, pool, **fields) -> RuleConfig:
+        """The order's rule from the options; ``fields`` are the others, by name."""
         log_space, normalized = rule in LOG_SPACE_RULES, rule in NORMALIZED_RULES
         # The ratio needs a history (the normaliser's moment), a scale-free step (log
         # space) and a threshold, which the clip and τ give.
         rescale = bool(rescale) and log_space and normalized
         rescale = rescale and clip is not None and spike is not None
-        return cls(
-            rule,
-            log_space,
-            normalized,
-            clip,
-            lower,
-            upper,
-            decay,
-            eps,
-            anneal,
-            spike,
-            rescale,
-            pool if normalized else None,
-            anchor,
-            rescale_threshold,
-        )
+        fields.update(clip=clip, spike=spike, rescale=rescale, pool=pool if normalized else None)
+        return cls(rule, log_space, normalized, **fields)
 
 
 def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
