@@ -287,6 +287,17 @@ def _step_number(name: str, value, otherwise: str = "") -> None:
     _nonnegative(name, value)
 
 
+def _threshold(name: str, value, example: str, role: str, otherwise: str) -> None:
+    """A threshold: a finite number > 0, or ``None``."""
+    if value is None:
+        return
+    if isinstance(value, bool):
+        raise TypeError(f"{name} is a number, e.g. {example}, or None; got {value}.")
+    _nonnegative(name, value)
+    if _concrete(value) == 0:
+        raise ValueError(f"{name} must be finite and > 0 ({role}), or {otherwise}; got 0.")
+
+
 def _per_parameter_options(element_share, anchor, rule, granularities) -> None:
     for name, value in (("element_share", element_share), ("anchor", anchor)):
         if value is None:
@@ -363,17 +374,13 @@ def parse(
             raise ValueError(
                 f"anneal_steps must be >= 1 (or None for no annealing), got {anneal_steps}."
             )
-    if spike_threshold is not None:
-        if isinstance(spike_threshold, bool):
-            raise TypeError(
-                f"spike_threshold is a number, e.g. 5.0, or None; got {spike_threshold}."
-            )
-        _nonnegative("spike_threshold", spike_threshold)
-        if _concrete(spike_threshold) == 0:
-            raise ValueError(
-                "spike_threshold must be finite and > 0 (it is compared with the normalised "
-                "step; 5 by default), or None to clip falls like rises; got 0."
-            )
+    _threshold(
+        "spike_threshold",
+        spike_threshold,
+        "5.0",
+        "it is compared with the normalised step",
+        "None to clip falls like rises",
+    )
     if not isinstance(spike_rescale, bool):
         raise TypeError(
             f"spike_rescale is True or False (whether a spike divides the rate by its ratio); "
@@ -381,18 +388,13 @@ def parse(
         )
     _per_parameter_options(element_share, anchor, rule, granularities)
     _step_number("warmup", warmup)
-    if spike_rescale_threshold is not None:
-        if isinstance(spike_rescale_threshold, bool):
-            raise TypeError(
-                "spike_rescale_threshold is a number, e.g. 30.0, or None (max(clip, "
-                f"spike_threshold)); got {spike_rescale_threshold}."
-            )
-        _nonnegative("spike_rescale_threshold", spike_rescale_threshold)
-        if _concrete(spike_rescale_threshold) == 0:
-            raise ValueError(
-                "spike_rescale_threshold must be finite and > 0 (a rate is divided by its "
-                "signal's jump over it), or None for max(clip, spike_threshold); got 0."
-            )
+    _threshold(
+        "spike_rescale_threshold",
+        spike_rescale_threshold,
+        "30.0",
+        "a rate is divided by its signal's jump over it",
+        "None for max(clip, spike_threshold)",
+    )
     if spike_rescale_start is None:
         spike_rescale_start = warmup
     else:
