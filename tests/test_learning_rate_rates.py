@@ -838,22 +838,25 @@ def test_coarse_hypergradients_are_sums_of_fine_ones(shape_list, seed):
     """h⁽⁰⁾ of a tensor rate is the sum of the per-parameter h⁽⁰⁾ over its leaf; global sums all."""
     params = _tree(shape_list, seed)
     grads = [_tree(shape_list, seed + k) for k in (1, 2)]
-    hypergradients = {}
-    for granularity in ("parameter", "tensor", "global"):
-        tx = lrr_optax.learning_rate_rates(0.1, (1e-2,), granularity=granularity)
-        step = lrr_optax.update_with_hypergradients(tx)
-        state = tx.init(params)
-        _, state, _ = step(grads[0], state, params)
-        _, _, aux = step(grads[1], state, params)
-        hypergradients[granularity] = aux.hypergradients[0]
-        # Each rate has the shape its granularity prescribes.
-        eta = state.etas[0]
-        if granularity == "parameter":
-            jax.tree.map(lambda e, p: np.testing.assert_equal(e.shape, p.shape), eta, params)
-        elif granularity == "tensor":
-            jax.tree.map(lambda e: np.testing.assert_equal(e.shape, ()), eta)
-        else:
-            assert eta.shape == ()
+    granularities = ("parameter", "tensor", "global")
+
+    @jax.jit  # one compilation per drawn tree rather than one per granularity and step
+    def two_steps(params, grads):
+        etas, hypergradients = {}, {}
+        for granularity in granularities:
+            tx = lrr_optax.learning_rate_rates(0.1, (1e-2,), granularity=granularity)
+            step = lrr_optax.update_with_hypergradients(tx)
+            _, state, _ = step(grads[0], tx.init(params), params)
+            _, _, aux = step(grads[1], state, params)
+            etas[granularity] = state.etas[0]
+            hypergradients[granularity] = aux.hypergradients[0]
+        return etas, hypergradients
+
+    etas, hypergradients = two_steps(params, grads)
+    # Each rate has the shape its granularity prescribes.
+    jax.tree.map(lambda e, p: np.testing.assert_equal(e.shape, p.shape), etas["parameter"], params)
+    jax.tree.map(lambda e: np.testing.assert_equal(e.shape, ()), etas["tensor"])
+    assert etas["global"].shape == ()
     per_parameter = hypergradients["parameter"]
     for name in params:
         np.testing.assert_allclose(
