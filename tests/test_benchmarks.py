@@ -257,6 +257,22 @@ def test_demo_entry_point(tmp_path):
 # --- the speed suite ----------------------------------------------------------------------------
 
 
+def test_speed_defaults_keeps_the_optimizers_it_is_given_by_whole_name(tmp_path, capsys):
+    from benchmarks.speed import defaults
+
+    name = 'lrr_adam(1e-3, granularity="parameter")'  # a comma inside the name
+    with jax.numpy_dtype_promotion("standard"):  # a script, run as users run optax
+        defaults.main(
+            ["--size", "64", "--steps", "2", "--reps", "1", "--rounds", "1", "--only", name]
+            + ["--out", str(tmp_path), "--name", "speed"]
+        )
+    rows = [line for line in (tmp_path / "speed.md").read_text().splitlines() if "|" in line]
+    assert [row.split("|")[1].strip() for row in rows[2:]] == ["optax.adam(1e-3)", name]
+    with pytest.raises(SystemExit):
+        defaults.main(["--only", "lrr_adam(1e-3", "--out", str(tmp_path)])
+    assert "names no optimizer; the names are: 'optax.adam(1e-3)'" in capsys.readouterr().err
+
+
 def test_speed_entry_point(tmp_path):
     out = _python(
         "benchmarks.speed",

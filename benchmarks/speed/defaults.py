@@ -14,6 +14,7 @@ which favours an optimizer whose every kernel is elementwise. Writes
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -74,6 +75,18 @@ def _timed(program, steps: int, reps: int) -> float:
     return best
 
 
+def _cores() -> str:
+    """Which CPU cores the run had, as the report states it (``taskset -c 1`` gives one)."""
+    import jax
+
+    if jax.default_backend() != "cpu" or not hasattr(os, "sched_getaffinity"):
+        return ""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) == 1:
+        return f" Run pinned to core {cores[0]}."
+    return f" Run on {len(cores)} cores (not pinned; `taskset -c 1` pins it to one)."
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=float, default=10e6, help="parameters (float32)")
@@ -81,7 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument(
-        "--only", default="", help="comma-separated names to keep (optax.adam always runs)"
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an optimizer to keep, named as in the report (repeatable; optax.adam always runs)",
     )
     parser.add_argument("--out", default=str(_common.RESULTS), help="folder for NAME.md")
     parser.add_argument("--name", default="speed_defaults", help="file name stem of the report")
@@ -89,7 +106,6 @@ def main(argv: list[str] | None = None) -> None:
     meta = _common.run_meta("python -m benchmarks.speed.defaults", argv)
     start = time.perf_counter()
 
-    import jax
     import jax.numpy as jnp
     import optax
 
@@ -111,8 +127,14 @@ def main(argv: list[str] | None = None) -> None:
         "learning_rate_rates(1e-3)": lrr_optax.learning_rate_rates(1e-3),
         "lrr_sgd(1e-3)": lrr_optax.lrr_sgd(1e-3),
     }
+    if unknown := [name for name in args.only if name not in candidates]:
+        # Names hold commas (keyword arguments), so each --only is one whole name.
+        parser.error(
+            f"--only {unknown[0]!r} names no optimizer; the names are: "
+            + ", ".join(repr(name) for name in candidates)
+        )
     if args.only:
-        keep = {"optax.adam(1e-3)", *args.only.split(",")}
+        keep = {"optax.adam(1e-3)", *args.only}
         candidates = {name: tx for name, tx in candidates.items() if name in keep}
     programs = {
         (name, gradients): _compiled(tx, params, args.steps, gradients)
@@ -147,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         f"`lax.scan` with donated buffers, best of {args.reps} calls, in each of "
         f"{args.rounds} rounds that time every optimizer in turn; × optax.adam is the "
         "median over rounds of the ratio within a round (range: its smallest and largest)."
-        + (" Run pinned to one core (`taskset -c 1`)." if jax.default_backend() == "cpu" else "")
+        + _cores()
         + " Two gradients: "
         + "; ".join(f"*{name}*, {text}" for name, text in GRADIENTS.items())
         + ".",
