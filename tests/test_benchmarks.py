@@ -112,6 +112,21 @@ def test_runs_the_seed_median_hides():
     np.testing.assert_array_equal(hidden, [[0, 0, 0, 1, 0], [0, 0, 0, 1, 0]])
 
 
+def test_runs_that_learned_then_lost_it():
+    # Of four runs from 2.3: one collapses back to chance, one never learns, one ends in
+    # NaN after learning, one learns and keeps it; only the first and the third count.
+    curve = [
+        [
+            [2.3, 0.1, 1e-4, 2.3],
+            [2.3, 2.2, 2.1, 2.0],
+            [2.0, 0.01, 0.01, np.nan],
+            [2, 0.1, 0.01, 0.01],
+        ]
+    ]
+    result = {"curve": curve, "initial": np.full((1, 4), 2.3).tolist()}
+    np.testing.assert_array_equal(metrics.lost(result), [[1, 0, 1, 0]])
+
+
 def test_goal_against_a_tuned_adam_loss_of_zero():
     # Long budgets can drive Adam's loss to exactly 0: a worse default misses by inf, an
     # equal one is on par, and scoring never divides by zero.

@@ -15,6 +15,7 @@ LOW_RANGE = (1e-6, 1e-2)  # the same without the two largest, where Adam's first
 WITHIN = 2.0  # "within 2x of the best"
 DIVERGED = 1.5  # a run ending above this multiple of its initial loss diverged
 HIDDEN = 10.0  # a run ending above this multiple of its grid point's seed median
+LEARNED, LOST = 0.1, 0.5  # a run that fell below LEARNED × its initial loss, ended above LOST ×
 
 
 def medians(result: dict) -> np.ndarray:
@@ -34,6 +35,17 @@ def hidden_by_median(result: dict) -> np.ndarray:
     floor = 1e-6 * np.asarray(result["initial"], float)
     median = medians(result)[:, None]
     return np.isfinite(median) & (final > np.maximum(HIDDEN * median, floor))
+
+
+def lost(result: dict) -> np.ndarray:
+    """Per run: whether it learned (some evaluation below ``LEARNED`` times its initial loss)
+    and then lost it (ends above ``LOST`` times, or not finite): a late collapse, such as a
+    network back at chance, told apart from a run that never got going."""
+    initial = np.asarray(result["initial"], float)
+    curve = np.asarray(result["curve"], float)
+    final = curve[..., -1]
+    learned = np.nanmin(np.where(np.isfinite(curve), curve, np.nan), axis=-1) < LEARNED * initial
+    return learned & (~np.isfinite(final) | (final > LOST * initial))
 
 
 def lr_axis(result: dict) -> np.ndarray:
@@ -113,6 +125,7 @@ def score_problem(methods: dict[str, dict]) -> dict[str, Any]:
             "steps_to_adam": first_step_below(curve, result["eval_steps"], 1.5 * adam_best),
             "diverged": int(diverged.sum()),
             "hidden": int(hidden_by_median(result).sum()),
+            "lost": int(lost(result).sum()),
             "runs": int(diverged.size),
         }
         if result["lr_mode"] == "default":

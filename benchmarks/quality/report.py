@@ -180,6 +180,8 @@ def _problem_table(problem, s) -> list[str]:
         "steps to 1.5x Adam",
         "diverged",
         f"above {metrics.HIDDEN:g}x the seed median",
+        f"learned, then lost (below {metrics.LEARNED:g}x, then above {metrics.LOST:g}x the "
+        "initial loss)",
     ]
     rows = []
     for name, r in s["methods"].items():
@@ -200,6 +202,7 @@ def _problem_table(problem, s) -> list[str]:
                 fmt(r["steps_to_adam"]),
                 f"{r['diverged']}/{r['runs']}",
                 "—" if r.get("hidden") is None else f"{r['hidden']}/{r['runs']}",
+                "—" if r.get("lost") is None else f"{r['lost']}/{r['runs']}",
             ]
         )
     return lines + table(headers, rows) + [""]
