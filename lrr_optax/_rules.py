@@ -121,7 +121,7 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
     signal = eta_c * h if config.log_space else h
 
     new_second_moment = second_moment
-    fall = None
+    inverse_fall = None
     if not config.normalized:
         step = _shaped(config, signal)
     else:
@@ -137,24 +137,14 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
             share = jnp.asarray(config.pool).astype(compute)
             step = _shaped(config, jumped.step) + share * _shaped(config, own.step)
         if config.rescale:
-            fall = jumped.fall(config, k)
-    if fall is not None:
-        # A gradient that jumped r-fold along the last step says the step was about r times
-        # too long (a quadratic wall: the gradient grows with the distance past the line's
-        # minimum). The SGD direction's next step grows with the gradient, so a rate that
-        # falls by e^(−ρs) a step falls too late. The Adam direction's steps are bounded by
-        # the rate, but near an interpolating minimum the rate has grown to make up for a
-        # shrunken direction, and a direction back at full size is such a jump.
-        if config.rescale_threshold is None:
-            threshold = jnp.maximum(
-                jnp.asarray(config.spike).astype(compute),
-                jnp.asarray(config.clip).astype(compute),
-            )
-        else:
-            threshold = jnp.asarray(config.rescale_threshold).astype(compute)
-        fall = jnp.clip(fall / threshold, 1, MAX_FALL)
-        if config.rescaling is not None:
-            fall = jnp.where(config.rescaling, fall, jnp.ones_like(fall))
+            # A gradient that jumped r-fold along the last step says the step was about r
+            # times too long (a quadratic wall: the gradient grows with the distance past
+            # the line's minimum). The SGD direction's next step grows with the gradient,
+            # so a rate that falls by e^(−ρs) a step falls too late. The Adam direction's
+            # steps are bounded by the rate, but near an interpolating minimum the rate has
+            # grown to make up for a shrunken direction, and a direction back at full size
+            # is such a jump.
+            inverse_fall = jumped.inverse_fall(config, k)
 
     if config.anneal is not None:
         # A scale-free step is ±1 whether the hypergradient is signal or noise, so log η
@@ -165,8 +155,8 @@ def apply(config: RuleConfig, eta, rate, h, second_moment, active_steps):
 
     if config.log_space:
         new_eta = eta_c * jnp.exp(-rate * step)
-        if fall is not None:
-            new_eta = new_eta / fall
+        if inverse_fall is not None:
+            new_eta = new_eta * inverse_fall
         alpha = -new_eta * step
     else:
         new_eta = eta_c - rate * step
@@ -223,13 +213,11 @@ def _anchored(config: RuleConfig, eta, h):
 
 
 class _Normalised(NamedTuple):
-    """A signal divided by the root of its debiased EMA, with what the spike ratio needs."""
+    """A signal divided by the root of its debiased EMA, and that EMA (the spike ratio
+    needs no more: it is read back from the step)."""
 
     step: jax.Array
     moment: jax.Array  # the new EMA
-    signal: jax.Array
-    safe: jax.Array  # the new EMA, 1 where it is 0
-    informed: jax.Array  # where the new EMA is positive
 
     @classmethod
     def of(cls, config: RuleConfig, signal, second_moment, k) -> _Normalised:
@@ -252,28 +240,44 @@ class _Normalised(NamedTuple):
         # there changes nothing but a subnormal moment's rounding.
         bound = jnp.sqrt(debias / (1 - decay))
         step = jnp.clip(step, -bound, bound)
-        return cls(step, moment, signal, safe, informed)
+        return cls(step, moment)
 
-    def fall(self, config: RuleConfig, k):
-        """r, the signal against the moment before this step (0 where it did not rise).
+    def inverse_fall(self, config: RuleConfig, k):
+        """1/F, F = min(max(r/T, 1), F_max) the spike rescale's fall of the rate.
 
-        Measured against the moment before this step: a signal's own weight in the moment
-        bounds s by √(debias/(1 − β)) (~10), however far it jumped. Read back from the new
-        moment, v_{n−1} = v_n·(1 − w)/β with w = (1 − β)u²/v_n the signal's share (a
-        kernel that read the old moment as well would make XLA:CPU copy it); 1 − w is
+        r is the signal against the moment before this step (F = 1 where the signal did not
+        rise, at the first step and before ``config.rescaling``). A signal's own weight in
+        the new moment bounds s by √(debias/(1 − β)) (~10), however far it jumped. Read
+        back from the new moment, v_{n−1} = v_n·(1 − w)/β with w = (1 − β)u²/v_n the
+        signal's share, which is (1 − β)s²/debias in the normalised step s itself (exactly
+        where ε ≪ √v̂; a larger ε lowers r as it lowers s): a kernel that read a moment as
+        well as writing it would make XLA:CPU copy or re-read a state buffer. 1 − w is
         resolved to rounding, so a larger jump, or one from no history at all, counts as
-        the largest it resolves (r ≈ 3·10⁴ in float32).
+        the largest it resolves (r ≈ 3·10⁴ in float32). Per-parameter rates run this once
+        per element in every kernel that needs the new rate, so it is one division and one
+        rsqrt of (r/T)².
         """
-        compute = self.signal.dtype
+        compute = self.step.dtype
         decay = jnp.asarray(config.decay).astype(compute)
+        if config.rescale_threshold is None:
+            threshold = jnp.maximum(
+                jnp.asarray(config.spike).astype(compute),
+                jnp.asarray(config.clip).astype(compute),
+            )
+        else:
+            threshold = jnp.asarray(config.rescale_threshold).astype(compute)
         previous = k - 1
-        share = (1 - decay) * jnp.square(self.signal) / self.safe
+        share = (1 - decay) / (1 - decay**k) * jnp.square(self.step)
         rest = jnp.maximum(1 - share, jnp.finfo(compute).eps)
-        odds = share / rest * decay * (1 - decay**previous) / (1 - decay)
-        falls = (self.signal > 0) & (previous > 0) & self.informed & (share > 0)
-        # The inner where keeps sqrt's derivative finite at 0 (meta-learning).
-        odds = jnp.where(falls, odds, jnp.ones_like(odds))
-        return jnp.where(falls, jnp.sqrt(odds), jnp.zeros_like(odds))
+        # r² = w/(1 − w) · β(1 − β^(k−1))/(1 − β), the moment's debiasing undone.
+        scale = decay * (1 - decay**previous) / ((1 - decay) * jnp.square(threshold))
+        enabled = previous > 0
+        if config.rescaling is not None:
+            enabled = enabled & config.rescaling
+        # A positive step means a positive signal and an informed moment.
+        falls = (self.step > 0) & enabled
+        squared = jnp.where(falls, share * scale / rest, jnp.ones_like(share))
+        return jax.lax.rsqrt(jnp.clip(squared, 1, MAX_FALL**2))
 
 
 def _shaped(config: RuleConfig, step):

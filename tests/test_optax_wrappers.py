@@ -144,10 +144,13 @@ def test_masked_adapts_only_the_masked_in_leaves(granularity):
         expected = optax.apply_updates(expected, {"w": updates["w"], "b": g["b"]})
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-13), params, expected)
     etas = lrr_optax.learning_rates(state)
+    # A rate the spike rescale lowered went through 1 − w, the signal's share of its moment
+    # (docs/math.md), which turns the two programs' last-bit differences into a few hundred
+    # ulps when the jump is large.
     if granularity == "parameter":
-        np.testing.assert_allclose(etas[0]["w"], inner.etas[0]["w"], rtol=1e-13)
+        np.testing.assert_allclose(etas[0]["w"], inner.etas[0]["w"], rtol=1e-12)
     else:
-        np.testing.assert_allclose(etas[0], inner.etas[0], rtol=1e-13)
+        np.testing.assert_allclose(etas[0], inner.etas[0], rtol=1e-12)
 
 
 def test_partition_gives_each_group_its_own_rates():

@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         'lrr_adam(1e-3, granularity="parameter")': lrr_optax.lrr_adam(
             1e-3, granularity="parameter"
         ),
+        'lrr_adam(1e-3, granularity="parameter", spike_rescale=False)': lrr_optax.lrr_adam(
+            1e-3, granularity="parameter", spike_rescale=False
+        ),
         'lrr_adam(1e-3, granularity="parameter", element_share=0.1, anchor=0.01)': (
             lrr_optax.lrr_adam(1e-3, granularity="parameter", element_share=0.1, anchor=0.01)
         ),
