@@ -89,7 +89,9 @@ def learning_rate_rates(
       schedule: ``"cascade"`` (top-down, each order with the rate above it just updated;
         the default) or ``"simultaneous"`` (every order from the previous step's values).
       granularity: ``"parameter"``, ``"tensor"`` or ``"global"``, or a sequence with one
-        per adapted order (orders 0 … m−1) that never gets finer going up.
+        per adapted order (orders 0 … m−1) that never gets finer going up. Per-parameter
+        rates alone follow each element's noise (with the SGD direction they diverged on
+        networks); give them ``element_share`` (``docs/faq.md``, "Which granularity?").
       rule: how a rate moves with its hypergradient: ``"additive"`` (η − ρ·h),
         ``"normalized"`` (η − ρ·h/√v̂, v̂ a debiased EMA of h²), ``"multiplicative"``
         (η·exp(−ρ·η·h), in log space) or ``"log_normalized"`` (η·exp(−ρ·u/√v̂) with
