@@ -60,9 +60,11 @@ def _nested_loss(params, step):
     return jnp.mean(jnp.square(pred - y[:, 0])) + 0.05 * jnp.sum(hidden**2) / hidden.size
 
 
+# Jitted: the tests take these gradients eagerly, step by step, where op-by-op dispatch
+# cost 6 ms a gradient against 0.9 ms compiled once (inside a jitted step the call inlines).
 PROBLEMS = {
-    "regression": Problem("regression", _regression_params, _regression_loss),
-    "nested": Problem("nested", _nested_params, _nested_loss),
+    "regression": Problem("regression", _regression_params, jax.jit(_regression_loss)),
+    "nested": Problem("nested", _nested_params, jax.jit(_nested_loss)),
 }
 
 

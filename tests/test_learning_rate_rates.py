@@ -236,8 +236,8 @@ def test_order0_scales_any_direction():
     reference = optax.chain(optax_promotion(optax.scale_by_adam()), optax.scale(-0.01))
     params, _, _, _ = train(tx, 10)
     expected, _, _, _ = train(reference, 10)
-    # Equal up to the order of one multiplication inside a fused kernel.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-15), params, expected)
+    # Equal up to the order of one multiplication inside a fused kernel, over 10 steps.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=4e-15), params, expected)
 
 
 def test_order0_accepts_a_schedule():
