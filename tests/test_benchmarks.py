@@ -331,6 +331,26 @@ def test_speed_bytes_entry_point(tmp_path):
     assert "| adam | 28 |" in text and "- simultaneous, additive:" in text
 
 
+def test_speed_kernels_entry_point(tmp_path):
+    out = _python(
+        "benchmarks.speed.kernels",
+        *("--size", "64K", "--methods", "adam,lrr-m1-parameter", "--steps", "3"),
+        *("--cpu", "none", "--out", str(tmp_path)),
+    )
+    assert "lrr-m1-parameter" in out
+    text = (tmp_path / "speed_kernels.md").read_text()
+    assert text.startswith("# Where one step's time goes, kernel by kernel")
+    adam, lrr = text.split("### adam")[1].split("### lrr-m1-parameter")
+    # Adam updates every buffer in place; the order-1 step writes d_n without reading it.
+    assert "0 write-allocate" in adam and "write-allocate)" not in adam
+    assert "| state.prev_direction['a'] (write-allocate) |" in lrr
+    # The parameters' kernel reads the rate the rates' kernel wrote.
+    assert "| params['a'], grads['a'], new state.etas[0]['a'] | params['a'] |" in lrr
+    # Every kernel has a time from the trace (its bandwidth is finite and positive).
+    rows = [row for row in lrr.splitlines() if row.startswith("| ") and "_fusion" in row]
+    assert len(rows) == 6 and all(float(row.split("|")[-2]) > 0 for row in rows), lrr
+
+
 # XLA:GPU wraps runs of kernels in calls of command-buffer computations; their kernels count.
 _GPU_LIKE_HLO = """HloModule step
 
