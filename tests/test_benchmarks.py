@@ -323,7 +323,8 @@ def test_speed_entry_point(tmp_path):
 
 def test_speed_bytes_entry_point(tmp_path):
     out = _python(
-        "benchmarks.speed.bytes", "--size", "4K", "--orders", "1-2", "--out", str(tmp_path)
+        "benchmarks.speed.bytes",
+        *("--size", "4K", "--orders", "1-2", "--compile-repeats", "1", "--out", str(tmp_path)),
     )
     assert "lrr m=2 casc additive parameter" in out
     text = (tmp_path / "speed_bytes.md").read_text()
