@@ -153,6 +153,15 @@ def materialised(x, finite) -> jax.Array:
     return _cpu_only(divided, lambda x, f: x, x, finite)
 
 
+def distinct(x) -> jax.Array:
+    """``x``, as an expression XLA:CPU cannot merge with another use of ``x`` (on CPU only)."""
+
+    def apart(x):
+        return x * (1 + 0 * x)
+
+    return _cpu_only(apart, lambda x: x, x)
+
+
 def written_once(x) -> jax.Array:
     """``x``, written once by its own kernel and read back by every consumer, on CPU only.
 

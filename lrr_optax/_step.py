@@ -137,7 +137,10 @@ def _hypergradients(config: Config, grads, state: LearningRateRatesState) -> lis
             chained = jax.tree.map(_ordering.materialised, chained, chained)
         granularities = config.granularities[j - 1 : j + 1]
         h = _reduce(chained, *granularities, state.etas[j])
-        if _ordering.per_parameter(config) and not divides_h:
+        # The cascade's top h⁽ᵐ⁻¹⁾ feeds only its own rate's kernels: written once, it
+        # would be a temporary that XLA:CPU pages in afresh at every call.
+        top_of_cascade = config.schedule == "cascade" and j == config.order - 1
+        if _ordering.per_parameter(config) and not divides_h and not top_of_cascade:
             h = jax.tree.map(_ordering.materialised, h, h)
         hypergradients.append(h)
     return hypergradients
@@ -195,7 +198,14 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
 
         eta = state.etas[j]
         if j + 1 < config.order and config.ring_sizes[j] == 1 and granularity == "parameter":
-            slots[j] = _ordering.one_slot_ring(leaf_rule, eta, above, hypergradients[j], moment)
+            # In the cascade the ring's and η's kernels compute the same step from the new
+            # η⁽ʲ⁺¹⁾; told apart, each computes it itself instead of reading a temporary.
+            ring_above = above
+            if config.schedule == "cascade":
+                ring_above = jax.tree.map(_ordering.distinct, above)
+            slots[j] = _ordering.one_slot_ring(
+                leaf_rule, eta, ring_above, hypergradients[j], moment
+            )
             eta = jax.tree.map(
                 lambda e, ring: _ordering.after(e, _ordering.written(ring)), eta, slots[j]
             )

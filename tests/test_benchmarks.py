@@ -352,6 +352,17 @@ def test_speed_kernels_entry_point(tmp_path):
     assert len(rows) == 6 and all(float(row.split("|")[-2]) > 0 for row in rows), lrr
 
 
+def test_speed_kernels_reads_the_speed_benchmarks_configuration_names():
+    from benchmarks.speed import kernels
+
+    config = kernels._config("lrr m=2 casc additive parameter")
+    assert (config.order, config.schedule, config.rule) == (2, "cascade", "additive")
+    assert kernels._config("lrr m=1 log_normalized tensor").schedule == "simultaneous"
+    assert kernels._config("lrr_adam") is None
+    with pytest.raises(SystemExit, match="unknown method 'lrr m=2'"):
+        kernels.main(["--methods", "lrr m=2", "--out", "/nonexistent"])
+
+
 # XLA:GPU wraps runs of kernels in calls of command-buffer computations; their kernels count.
 _GPU_LIKE_HLO = """HloModule step
 

@@ -62,9 +62,28 @@ def _optimizer(method: str):
             configs.Config("lrr", 1, "simultaneous", "additive", "parameter")
         ),
     }
+    config = _config(method)
+    if config is not None:
+        return configs.optimizer(config)
     if method not in factories:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     return factories[method]()
+
+
+_CONFIG_NAME = re.compile(r"lrr m=(\d+)(?: (simu|casc))? (\w+) (\w+)")
+
+
+def _config(method: str):
+    """The ``configs.Config`` a configuration name of ``python -m benchmarks.speed`` stands
+    for (``"lrr m=2 casc additive parameter"``), or ``None``."""
+    from . import configs
+
+    match = _CONFIG_NAME.fullmatch(method)
+    if match is None:
+        return None
+    order, schedule, rule, granularity = match.groups()
+    schedule = "cascade" if schedule == "casc" else "simultaneous"
+    return configs.Config("lrr", int(order), schedule, rule, granularity)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--size", default="10M", help="parameter count, e.g. 10M")
     parser.add_argument(
-        "--methods", default="adam,lrr_adam", help=f"comma-separated, of {', '.join(METHODS)}"
+        "--methods",
+        default="adam,lrr_adam",
+        help=f"comma-separated, of {', '.join(METHODS)}, or configuration names of "
+        "`python -m benchmarks.speed` ('lrr m=2 casc additive parameter')",
     )
     parser.add_argument("--steps", type=int, default=30, help="steps timed, then traced")
     parser.add_argument("--cpu", default="last", help="core to pin to, or 'none'")
@@ -119,6 +141,9 @@ def _kernels(text: str, leaf: int, large: int, output_paths: list[str]) -> list[
     param_index = {name: index for name, (index, _) in names.items()}
     writes_to = {}
     for position, operand in enumerate(root.operands):
+        # An output may be a bitcast of the kernel that writes it (a ring slot's shape).
+        while operand in by_name and by_name[operand].opcode == "bitcast":
+            operand = by_name[operand].operands[0]
         writes_to.setdefault(operand, []).append(position)
     held = {
         name: "new " + ", ".join(output_paths[p] for p in positions)
@@ -328,8 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     methods = _list(args.methods)
     for method in methods:
-        if method not in METHODS:
-            raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if method not in METHODS and _config(method) is None:
+            raise SystemExit(
+                f"unknown method {method!r}; choose from {', '.join(METHODS)} or a "
+                "configuration of `python -m benchmarks.speed` ('lrr m=2 casc additive parameter')"
+            )
     pinned = _pin(args.cpu)
     # The flags of ``python -m benchmarks.speed``, so both time the same programs.
     os.environ["XLA_FLAGS"] = (
