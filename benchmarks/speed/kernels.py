@@ -41,6 +41,7 @@ METHODS = (
     "lrr_sgd",
     "learning_rate_rates",
     "lrr-m1-parameter",
+    "lrr_adam-parameter",
 )
 
 
@@ -55,6 +56,7 @@ def _optimizer(method: str):
         "adam": lambda: optax.adam(1e-3),
         "sgd": lambda: optax.sgd(1e-3),
         "lrr_adam": lambda: lrr_optax.lrr_adam(1e-3),
+        "lrr_adam-parameter": lambda: lrr_optax.lrr_adam(1e-3, granularity="parameter"),
         "lrr_sgd": lambda: lrr_optax.lrr_sgd(1e-3),
         "learning_rate_rates": lambda: lrr_optax.learning_rate_rates(1e-3),
         # The issue-13 configuration of `python -m benchmarks.speed`.
