@@ -100,10 +100,10 @@ def test_train_state_apply_gradients():
     expected = jax.tree.map(jnp.copy, params)
     state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
     expected_state = tx.init(expected)
-    update = jax.jit(tx.update)
+    update, grad = jax.jit(tx.update), jax.jit(jax.grad(loss))
     for n in range(6):
         state = step(state, *run.flax_batch(n))
-        grads = jax.grad(loss)(expected, *run.flax_batch(n))
+        grads = grad(expected, *run.flax_batch(n))
         updates, expected_state = update(grads, expected_state, expected)
         expected = optax.apply_updates(expected, updates)
 
