@@ -154,7 +154,12 @@ def materialised(x, finite) -> jax.Array:
 
 
 def distinct(x) -> jax.Array:
-    """``x``, as an expression XLA:CPU cannot merge with another use of ``x`` (on CPU only)."""
+    """``x``, as an expression XLA:CPU cannot merge with another use of ``x`` (on CPU only).
+
+    Two kernels that compute the same value from ``x`` would share it as a temporary,
+    which XLA:CPU pages in afresh at every call; through x·(1 + 0·x), exact for a finite
+    x (rates are), each computes it itself. The opposite of :func:`materialised`.
+    """
 
     def apart(x):
         return x * (1 + 0 * x)

@@ -23,7 +23,7 @@ import os
 import time
 
 from .. import _common
-from .cli import _list, _orders, _size, _size_name
+from .cli import _list, _orders, _size, _size_name, use_speed_flags
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,10 +191,7 @@ def render(meta: dict, rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # The flags of ``python -m benchmarks.speed``, so both read the same programs.
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-    ).strip()
+    use_speed_flags()
     import jax
 
     from . import measure

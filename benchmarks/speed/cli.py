@@ -133,6 +133,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def use_speed_flags(extra: str = "") -> None:
+    """Append the speed benchmark's XLA flags (and ``extra``) to ``XLA_FLAGS``, before jax
+    starts: every entry point of ``benchmarks.speed`` then compiles the same programs."""
+    flags = " ".join(f for f in ["--xla_cpu_multi_thread_eigen=false", extra] if f)
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
+
+
 def _pin(cpu: str) -> str:
     if cpu == "none" or not hasattr(os, "sched_setaffinity"):
         return "not pinned"
@@ -152,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return _render(Path(args.render), Path(args.out), args.name)
     machine = _machine()  # before pinning, which nproc would see
     pinning = _pin(args.cpu)
-    flags = " ".join(f for f in ["--xla_cpu_multi_thread_eigen=false", args.xla_flags] if f)
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
+    use_speed_flags(args.xla_flags)
     if args.child:
         return _child(args)
 

@@ -32,7 +32,7 @@ import tempfile
 import time
 
 from .. import _common
-from .cli import _list, _pin, _size, _size_name
+from .cli import _list, _pin, _size, _size_name, use_speed_flags
 
 METHODS = (
     "adam",
@@ -59,10 +59,8 @@ def _optimizer(method: str):
         "lrr_adam-parameter": lambda: lrr_optax.lrr_adam(1e-3, granularity="parameter"),
         "lrr_sgd": lambda: lrr_optax.lrr_sgd(1e-3),
         "learning_rate_rates": lambda: lrr_optax.learning_rate_rates(1e-3),
-        # The issue-13 configuration of `python -m benchmarks.speed`.
-        "lrr-m1-parameter": lambda: configs.optimizer(
-            configs.Config("lrr", 1, "simultaneous", "additive", "parameter")
-        ),
+        # The issue-13 configuration of `python -m benchmarks.speed`, by a shorter name.
+        "lrr-m1-parameter": lambda: configs.optimizer(_config("lrr m=1 additive parameter")),
     }
     config = _config(method)
     if config is not None:
@@ -113,8 +111,12 @@ _PARAMETER_NAME = re.compile(r'parameter\((\d+)\).*op_name="([^"]+)"')
 
 
 def _entry_buffers(text: str):
-    """(parameter names by instruction, output paths by ROOT operand, aliased parameter by
-    output index) of the entry computation of ``compiled.as_text()``."""
+    """The entry computation of ``compiled.as_text()``, read for its buffers.
+
+    Returns ``(computations, entry, names, aliases, root)``: ``names`` maps each entry
+    parameter instruction to (its parameter number, the pytree path jax gave it),
+    ``aliases`` an output index to the donated parameter it overwrites, ``root`` the tuple.
+    """
     from . import hlo
 
     computations, entry = hlo.parse(text)
@@ -361,10 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                 "configuration of `python -m benchmarks.speed` ('lrr m=2 casc additive parameter')"
             )
     pinned = _pin(args.cpu)
-    # The flags of ``python -m benchmarks.speed``, so both time the same programs.
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-    ).strip()
+    use_speed_flags()
     meta = _common.run_meta("python -m benchmarks.speed.kernels", argv)
     meta["pinned"] = pinned
     size = _size(args.size)
