@@ -1,12 +1,34 @@
 """Test configuration: float64 for the oracles, strict dtype promotion everywhere."""
 
 import json
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+# The compilations of one test run, shared by its xdist workers (a folder the controller makes
+# and removes). Tests build the same step afresh in many places (a new ``tx`` is a new
+# function to ``jax.jit``): 42 % of the suite's compile requests are answered from here
+# (1134 of 2675), mostly small programs, so it saves about 5 % of the time (measured).
+_COMPILATIONS = "LRR_OPTAX_TEST_COMPILATIONS"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
+        os.environ[_COMPILATIONS] = tempfile.mkdtemp(prefix="lrr-optax-tests-")
+    jax.config.update("jax_compilation_cache_dir", os.environ[_COMPILATIONS])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ.pop(_COMPILATIONS), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -217,6 +217,17 @@ def test_every_kind_of_method_trains():
     assert set(scores["order_study"]) == {"sgd"}
 
 
+@pytest.fixture
+def jax_cache_settings():
+    """The entry point turns on the benchmarks' compilation cache: the test run's is restored."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    saved = {name: getattr(jax.config, name) for name in names}
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+
+
+@pytest.mark.usefixtures("jax_cache_settings")
 def test_quality_entry_point_in_process(tmp_path, capsys):
     argv = ["--problem", "rosenbrock", "--problem", "diabetes", "--steps", "4", "--seeds", "1"]
     raw = tmp_path / "raw"
