@@ -343,6 +343,45 @@ def test_speed_bytes_entry_point(tmp_path):
     assert "| adam | 28 |" in text and "- simultaneous, additive:" in text
 
 
+def test_speed_compile_entry_point(tmp_path):
+    out = _python(
+        "benchmarks.speed.compile",
+        *(
+            "--leaves",
+            "1,3",
+            "--methods",
+            "adam,lrr_adam",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path),
+        ),
+    )
+    assert "lrr_adam" in out
+    text = (tmp_path / "speed_compile.md").read_text()
+    assert text.startswith("# Compile time against the number of parameter leaves")
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] in ("adam", "lrr_adam"):
+            rows[cells[0], int(cells[1])] = cells
+    assert set(rows) == {(m, n) for m in ("adam", "lrr_adam") for n in (1, 3)}
+    assert rows["adam", 3][6] == "1.0" and rows["adam", 1][7] == "—"
+    # Each leaf is compiled into kernels of its own: both programs grow with the leaves.
+    for method in ("adam", "lrr_adam"):
+        assert int(rows[method, 3][9]) > int(rows[method, 1][9]) > 0
+        assert int(rows[method, 3][8]) > int(rows[method, 1][8])
+
+
+def test_speed_compile_refuses_bad_arguments():
+    from benchmarks.speed import compile as compile_benchmark
+
+    with pytest.raises(SystemExit, match="unknown method 'adamw'"):
+        compile_benchmark.main(["--methods", "adam,adamw"])
+    with pytest.raises(SystemExit, match="positive counts"):
+        compile_benchmark.main(["--leaves", "0,4"])
+
+
 def test_speed_kernels_entry_point(tmp_path):
     out = _python(
         "benchmarks.speed.kernels",
