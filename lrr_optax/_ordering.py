@@ -23,6 +23,7 @@ Measured on an H200 (``benchmarks/results/speed_gpu.md``).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -32,6 +33,7 @@ from . import _granularity as gr
 from . import _rules, _state
 from ._options import Config, value_at
 from ._state import LearningRateRatesState
+from ._tracing import once_per_signature
 
 
 def _cpu_only(cpu, default, *args):
@@ -253,6 +255,7 @@ def rates_in_order(config: Config, state: LearningRateRatesState, hypergradients
         moment = state.second_moments[j] if config.normalized else None
         rule = config.rule_at(j, count)
 
+        @functools.partial(once_per_signature, tree=previous)
         def leaf_rule(eta, rate, h, v, rule=rule, active_steps=active_steps):
             return _rules.apply(rule, eta, rate, h, v, active_steps)
 

@@ -20,6 +20,7 @@ which XLA:CPU writes the rates' buffers, so that it copies none, is ``_ordering`
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,7 @@ from . import _ordering, _rules, _state
 from ._dtypes import promote
 from ._options import Config, value_at
 from ._state import Hypergradients, LearningRateRatesState
+from ._tracing import once_per_signature
 
 # The debug hook's seam: each update function built here, mapped to the step that also
 # returns the hypergradients.
@@ -114,10 +116,10 @@ def _hypergradients(config: Config, grads, state: LearningRateRatesState) -> lis
 
     like = gr.expand(state.etas[0], config.granularities[0], "parameter", grads)
     if _sums_as_dots(config, grads, state.prev_direction):
-        sums = jax.tree.map(_leaf_h0, grads, state.prev_direction, like)
+        sums = jax.tree.map(once_per_signature(_leaf_h0, grads), grads, state.prev_direction, like)
         hypergradients = [_reduce(sums, "tensor", config.granularities[0], state.etas[0])]
     else:
-        raw = jax.tree.map(h0, grads, state.prev_direction, like)
+        raw = jax.tree.map(once_per_signature(h0, grads), grads, state.prev_direction, like)
         hypergradients = [_reduce(raw, "parameter", config.granularities[0], state.etas[0])]
     for j in range(1, config.order):
         size = config.ring_sizes[j - 1]
@@ -193,6 +195,7 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
         rule = config.rule_at(j, count)
         moment = state.second_moments[j] if config.normalized else None
 
+        @functools.partial(once_per_signature, tree=hypergradients[j])
         def leaf_rule(eta, rate, h, v, rule=rule, active_steps=active_steps):
             return _rules.apply(rule, eta, rate, h, v, active_steps)
 
@@ -293,6 +296,7 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
         dtype = promote(e.dtype, d.dtype)
         return (-(e.astype(dtype) * u_new.astype(dtype))).astype(g.dtype), u_new
 
+    descend = once_per_signature(descend, updates)
     pairs = jax.tree.map(descend, eta0, directions, state.prev_direction, updates)
     new_updates = jax.tree.map(lambda _, pair: pair[0], updates, pairs)
     prev_direction = jax.tree.map(lambda _, pair: pair[1], updates, pairs)

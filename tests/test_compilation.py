@@ -279,3 +279,53 @@ def test_other_backends_step_computes_the_cpu_step(name, monkeypatch):
     assert taken, "the step made no choice by backend"
     for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(
+            lambda: lrr_optax.learning_rate_rates(
+                1e-3, direction=optax_promotion(optax.scale_by_adam()), granularity="tensor"
+            ),
+            id="tensor, adam",
+        ),
+        pytest.param(
+            lambda: lrr_optax.learning_rate_rates(1e-2, (1e-2, 1e-3), granularity="parameter"),
+            id="parameter, cascade",
+        ),
+        pytest.param(
+            lambda: lrr_optax.learning_rate_rates(
+                1e-2, (1e-2, 1e-3), granularity="parameter", schedule="simultaneous"
+            ),
+            id="parameter, simultaneous",
+        ),
+    ],
+)
+def test_jit_traces_the_rules_once_per_leaf_shape(make, monkeypatch):
+    """Inside jit, leaves of one shape share traced rules; eagerly each leaf runs its own.
+
+    Tracing once per leaf made trace and lowering grow with every leaf of a model
+    (``benchmarks/results/speed_compile.md``).
+    """
+    from lrr_optax import _rules
+
+    calls = []
+    apply = _rules.apply
+    monkeypatch.setattr(_rules, "apply", lambda *a: calls.append(1) or apply(*a))
+    tx = make()
+
+    def traced_rules(leaves):
+        params = {f"leaf{i}": jnp.full((3, 2) if i % 2 else (4,), 0.5) for i in range(leaves)}
+        state = tx.init(params)
+        calls.clear()
+        jitted, _ = jax.jit(tx.update)(params, state, params)
+        in_jit = len(calls)
+        calls.clear()
+        eager, _ = tx.update(params, state, params)
+        jax.tree.map(partial(np.testing.assert_allclose, rtol=1e-6), jitted, eager)
+        return in_jit, len(calls)
+
+    (jit_4, eager_4), (jit_12, eager_12) = traced_rules(4), traced_rules(12)
+    assert jit_12 == jit_4 < eager_4
+    assert eager_12 == 3 * eager_4
