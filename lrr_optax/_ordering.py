@@ -213,6 +213,7 @@ def one_slot_ring(leaf_rule, eta, above, h, moment):
             v = v[None]
         return leaf_rule(e[None], r, g[None], v)[1]
 
+    ring = once_per_signature(ring, h)
     if moment is None:
         return jax.tree.map(ring, eta, above, h)
     return jax.tree.map(ring, eta, above, h, moment)

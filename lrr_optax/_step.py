@@ -205,13 +205,14 @@ def _rates(config: Config, state: LearningRateRatesState, hypergradients) -> tup
             # η⁽ʲ⁺¹⁾; told apart, each computes it itself instead of reading a temporary.
             ring_above = above
             if config.schedule == "cascade":
-                ring_above = jax.tree.map(_ordering.distinct, above)
+                ring_above = jax.tree.map(once_per_signature(_ordering.distinct, above), above)
             slots[j] = _ordering.one_slot_ring(
                 leaf_rule, eta, ring_above, hypergradients[j], moment
             )
-            eta = jax.tree.map(
-                lambda e, ring: _ordering.after(e, _ordering.written(ring)), eta, slots[j]
+            ordered = once_per_signature(
+                lambda e, ring: _ordering.after(e, _ordering.written(ring)), eta
             )
+            eta = jax.tree.map(ordered, eta, slots[j])
         etas[j], alphas[j], moments[j] = _rules.map_rule(
             leaf_rule, eta, above, hypergradients[j], moment
         )
@@ -228,19 +229,21 @@ def _rings(config: Config, state: LearningRateRatesState, alphas, slots) -> tupl
     computed without the ring it replaces (``_ordering.in_place_of``).
     """
 
-    def written(slot, ring, size):
-        return _ordering.in_place_of(slot, ring, state.count) if size == 1 else slot
+    def written(size):
+        def one(slot, ring):
+            return _ordering.in_place_of(slot, ring, state.count) if size == 1 else slot
+
+        return once_per_signature(one, state.alphas)
+
+    def write(size):
+        return once_per_signature(
+            lambda ring, alpha: _state.ring_write(ring, alpha, state.count, size), state.alphas
+        )
 
     return tuple(
-        jax.tree.map(
-            lambda slot, ring, s=size: written(slot, ring, s), slots[j - 1], state.alphas[j - 1]
-        )
+        jax.tree.map(written(size), slots[j - 1], state.alphas[j - 1])
         if slots[j - 1] is not None
-        else jax.tree.map(
-            lambda ring, alpha, s=size: _state.ring_write(ring, alpha, state.count, s),
-            state.alphas[j - 1],
-            alphas[j - 1],
-        )
+        else jax.tree.map(write(size), state.alphas[j - 1], alphas[j - 1])
         for j, size in zip(range(1, config.order), config.ring_sizes, strict=True)
     )
 
