@@ -131,3 +131,17 @@ def write_json(path: Path, payload, digits: int = 5) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(compact(payload, digits), separators=(",", ":")) + "\n")
     return path
+
+
+def write_report(meta: dict, start: float, folder: str | Path, name: str, render) -> Path:
+    """Close the run's metadata (wall time since ``start``, load at the end) and write
+    ``render(meta)`` to ``folder/NAME.md``; returns the path, and says so."""
+    import time
+
+    meta["wall_s"] = time.perf_counter() - start
+    meta["load_end"] = load_average()
+    path = Path(folder) / f"{name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(meta))
+    print(f"wrote {path}")
+    return path

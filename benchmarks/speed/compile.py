@@ -19,12 +19,11 @@ HLO's entry). The report goes to ``benchmarks/results/NAME.md`` with the command
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 from .. import _common
 from .cli import _list, use_speed_flags
-from .kernels import METHODS, _config, _optimizer
+from .kernels import _optimizer, add_methods_argument, checked_methods
 
 # One block: the kernels and biases of a 64 → 256 → 64 MLP.
 SHAPES = ((64, 256), (256,), (256, 64), (64,))
@@ -37,12 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--leaves", default="2,8,32,128", help="comma-separated leaf counts")
-    parser.add_argument(
-        "--methods",
-        default="adam,lrr_adam",
-        help=f"comma-separated, of {', '.join(METHODS)}, or configuration names of "
-        "`python -m benchmarks.speed` ('lrr m=2 casc additive parameter')",
-    )
+    add_methods_argument(parser)
     parser.add_argument("--repeats", type=int, default=2, help="compiles per cell; the best")
     parser.add_argument("--out", default=str(_common.RESULTS), help="folder for NAME.md")
     parser.add_argument("--name", default="speed_compile", help="file name stem of the report")
@@ -123,13 +117,7 @@ def render(meta: dict, results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    methods = _list(args.methods)
-    for method in methods:
-        if method not in METHODS and _config(method) is None:
-            raise SystemExit(
-                f"unknown method {method!r}; choose from {', '.join(METHODS)} or a "
-                "configuration of `python -m benchmarks.speed` ('lrr m=2 casc additive parameter')"
-            )
+    methods = checked_methods(args.methods)
     leaf_counts = sorted({int(n) for n in _list(args.leaves)})
     if not leaf_counts or leaf_counts[0] < 1 or args.repeats < 1:
         raise SystemExit("--leaves takes positive counts, and --repeats at least 1")
@@ -151,13 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(compile {1e3 * r['compile_s']:.0f}), {r['kernels']} kernels",
                 flush=True,
             )
-    meta["wall_s"] = time.perf_counter() - start
-    meta["load_end"] = _common.load_average()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"{args.name}.md")
-    with open(path, "w") as report:
-        report.write(render(meta, results))
-    print(f"wrote {path}")
+    _common.write_report(meta, start, args.out, args.name, lambda meta: render(meta, results))
     return 0
 
 

@@ -86,6 +86,16 @@ def _config(method: str):
     return configs.Config("lrr", int(order), schedule, rule, granularity)
 
 
+def add_methods_argument(parser: argparse.ArgumentParser) -> None:
+    """``--methods``, as this tool and ``benchmarks.speed.compile`` take it."""
+    parser.add_argument(
+        "--methods",
+        default="adam,lrr_adam",
+        help=f"comma-separated, of {', '.join(METHODS)}, or configuration names of "
+        "`python -m benchmarks.speed` ('lrr m=2 casc additive parameter')",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.speed.kernels",
@@ -93,12 +103,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--size", default="10M", help="parameter count, e.g. 10M")
-    parser.add_argument(
-        "--methods",
-        default="adam,lrr_adam",
-        help=f"comma-separated, of {', '.join(METHODS)}, or configuration names of "
-        "`python -m benchmarks.speed` ('lrr m=2 casc additive parameter')",
-    )
+    add_methods_argument(parser)
     parser.add_argument("--steps", type=int, default=30, help="steps timed, then traced")
     parser.add_argument("--cpu", default="last", help="core to pin to, or 'none'")
     parser.add_argument("--out", default=str(_common.RESULTS), help="folder for NAME.md")
@@ -353,15 +358,21 @@ def render(meta: dict, results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    methods = _list(args.methods)
+def checked_methods(text: str) -> list[str]:
+    """The comma-separated methods of ``--methods``; an unknown one stops the run."""
+    methods = _list(text)
     for method in methods:
         if method not in METHODS and _config(method) is None:
             raise SystemExit(
                 f"unknown method {method!r}; choose from {', '.join(METHODS)} or a "
                 "configuration of `python -m benchmarks.speed` ('lrr m=2 casc additive parameter')"
             )
+    return methods
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    methods = checked_methods(args.methods)
     pinned = _pin(args.cpu)
     use_speed_flags()
     meta = _common.run_meta("python -m benchmarks.speed.kernels", argv)
@@ -377,13 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             f"({len(r['kernels'])} parameter-sized)",
             flush=True,
         )
-    meta["wall_s"] = time.perf_counter() - start
-    meta["load_end"] = _common.load_average()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"{args.name}.md")
-    with open(path, "w") as report:
-        report.write(render(meta, results))
-    print(f"wrote {path}")
+    _common.write_report(meta, start, args.out, args.name, lambda meta: render(meta, results))
     return 0
 
 
