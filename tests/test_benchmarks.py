@@ -382,6 +382,36 @@ def test_speed_compile_refuses_bad_arguments():
         compile_benchmark.main(["--leaves", "0,4"])
 
 
+@pytest.mark.usefixtures("jax_cache_settings")
+def test_balance_entry_point_reads_the_sign_of_the_hypergradient(tmp_path, capsys):
+    from benchmarks.quality import balance
+
+    argv = ["--problem", "noisy_quadratic", "--rates", "1e-4,0.3", "--horizons", "0,0.9"]
+    argv += ["--seeds", "2", "--steps", "40", "--out", str(tmp_path), "--name", "tiny"]
+    with jax.numpy_dtype_promotion("standard"):
+        assert balance.main(argv) == 0
+    text = (tmp_path / "tiny.md").read_text()
+    assert text.startswith("# Where the hypergradient balances: noisy_quadratic")
+    rows = [line for line in text.splitlines() if line.startswith("| h̄/σ, γ = ")]
+    assert [row.split(" | ")[0] for row in rows] == ["| h̄/σ, γ = 0", "| h̄/σ, γ = 0.9"]
+    # From a rate 1e-4 every step still lowers the loss: the hypergradient says "raise".
+    assert all(float(row.split(" | ")[1]) < 0 for row in rows), rows
+    assert "γ = 0.9: h̄/σ 0.0001: -" in capsys.readouterr().out
+
+
+def test_balance_point_and_bad_arguments():
+    from benchmarks.quality import balance
+
+    assert balance.balance_point([0.01, 0.1], [-1.0, 1.0]) == "0.032"
+    assert balance.balance_point([0.01, 0.1, 1.0], [-1.0, -0.5, 0.5]) == "0.32"
+    assert balance.balance_point([0.01, 0.1], [0.2, 1.0]) == "below 0.01"
+    assert balance.balance_point([0.01, 0.1], [-0.2, -1.0]) == "above 0.1"
+    with pytest.raises(SystemExit, match="ascending"):
+        balance.main(["--problem", "noisy_quadratic", "--rates", "0.1,0.01"])
+    with pytest.raises(SystemExit, match="0 ≤ γ < 1"):
+        balance.main(["--problem", "noisy_quadratic", "--horizons", "0,1"])
+
+
 def test_speed_kernels_entry_point(tmp_path):
     out = _python(
         "benchmarks.speed.kernels",
