@@ -14,6 +14,9 @@ import tempfile
 # tests that inspect compiled programs compile them with the default emitters
 # (``test_compilation.DEFAULT_PIPELINE``). jaxlib 0.7, the dev extra's lowest, knows both flags.
 _FLAGS = os.environ.get("XLA_FLAGS", "")
+# The flags as the user gave them, for the benchmarks' processes, which measure what a user's
+# step compiles to (set once, by the first process: xdist workers inherit the controller's).
+os.environ.setdefault("LRR_OPTAX_USER_XLA_FLAGS", _FLAGS)
 if "xla_backend_optimization_level" not in _FLAGS:
     _FLAGS += " --xla_backend_optimization_level=0"
 if "xla_cpu_use_fusion_emitters" not in _FLAGS:

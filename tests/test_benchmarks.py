@@ -27,7 +27,10 @@ ROOT = Path(__file__).parent.parent
 
 def _python(*args: str, timeout: int = 240) -> str:
     """Run ``python -m ...`` from the repository root; its output, or the failure."""
+    # The benchmarks time and inspect what a user's step compiles to: without the test
+    # run's compile flags (conftest.py).
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env["XLA_FLAGS"] = os.environ["LRR_OPTAX_USER_XLA_FLAGS"]
     done = subprocess.run(
         [sys.executable, "-m", *args],
         capture_output=True,
