@@ -12,6 +12,7 @@ from ._options import (
     SGD_HORIZON,
     SGD_WARMUP_STEPS,
     WARMUP_STEPS,
+    HorizonTrace,
     Schedule,
 )
 from ._rules import Rule
@@ -47,6 +48,7 @@ def lrr_sgd(
     warmup_start: float = 1e-3,
     horizon: float = SGD_HORIZON,
     horizon_start: int = 0,
+    horizon_trace: HorizonTrace = "directions",
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
@@ -76,7 +78,8 @@ def lrr_sgd(
       nesterov: whether to use Nesterov momentum.
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``anneal_steps``,
+        ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``horizon_trace``,
+        ``anneal_steps``,
         ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start``,
         ``spike_rescale_threshold``, ``element_share`` and ``anchor``.
 
@@ -108,6 +111,7 @@ def lrr_sgd(
         warmup_start=warmup_start,
         horizon=horizon,
         horizon_start=horizon_start,
+        horizon_trace=horizon_trace,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
@@ -139,6 +143,7 @@ def lrr_adam(
     warmup_start: float = 1e-3,
     horizon: float = HORIZON,
     horizon_start: int = 0,
+    horizon_trace: HorizonTrace = "directions",
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
@@ -171,7 +176,8 @@ def lrr_adam(
       nesterov: whether to use the Nesterov variant (NAdam).
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``anneal_steps``,
+        ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``horizon_trace``,
+        ``anneal_steps``,
         ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start`` (``None`` here:
         the rescale starts when the warm-up ramp ends), ``spike_rescale_threshold`` (30
         here), ``element_share`` and ``anchor``.
@@ -211,6 +217,7 @@ def lrr_adam(
         warmup_start=warmup_start,
         horizon=horizon,
         horizon_start=horizon_start,
+        horizon_trace=horizon_trace,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,
@@ -244,6 +251,7 @@ def lrr_adamw(
     warmup_start: float = 1e-3,
     horizon: float = HORIZON,
     horizon_start: int = 0,
+    horizon_trace: HorizonTrace = "directions",
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
@@ -270,7 +278,8 @@ def lrr_adamw(
       nesterov: whether to use the Nesterov variant.
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
-        ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``anneal_steps``,
+        ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``horizon_trace``,
+        ``anneal_steps``,
         ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start`` (``None`` here, as
         in :func:`lrr_adam`), ``spike_rescale_threshold`` (30, as there),
         ``element_share`` and ``anchor``.
@@ -307,6 +316,7 @@ def lrr_adamw(
         warmup_start=warmup_start,
         horizon=horizon,
         horizon_start=horizon_start,
+        horizon_trace=horizon_trace,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,

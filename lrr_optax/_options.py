@@ -22,6 +22,8 @@ from . import _rules
 
 Schedule = Literal["simultaneous", "cascade"]
 SCHEDULES: tuple[Schedule, ...] = ("simultaneous", "cascade")
+HorizonTrace = Literal["directions", "updates"]
+HORIZON_TRACES: tuple[HorizonTrace, ...] = ("directions", "updates")
 DEFAULT_RATES: tuple[float, ...] = (0.3, 0.01)
 # ``learning_rate_rates`` keeps the seed's one-step hypergradient and the shorter ramp; the
 # aliases are recipes measured per direction (``benchmarks/results/defaults.md``). For
@@ -56,6 +58,7 @@ class Config:
     rules: tuple[_rules.RuleConfig, ...]  # one per adapted order
     state_dtype: Any
     rescale_start: Any = 0  # the first step at which a spike may rescale a rate
+    horizon_trace: HorizonTrace = "directions"  # what the trace sums: s·d, or s·η⁽⁰⁾·d
 
     @property
     def normalized(self) -> bool:
@@ -65,6 +68,13 @@ class Config:
     def one_step(self) -> bool:
         """Whether the horizon is a concrete 0: the trace is then s_{n−1}·d_{n−1} alone."""
         return _concrete(self.horizon) == 0
+
+    @property
+    def trace_holds_updates(self) -> bool:
+        """Whether the trace sums the updates applied, s_n·η⁽⁰⁾_n·d_n, and h⁽⁰⁾ divides by
+        the last rate (``horizon_trace="updates"``). At a concrete γ = 0 that is the
+        one-step hypergradient exactly, so the one-step trace is kept."""
+        return self.horizon_trace == "updates" and not self.one_step and self.order > 0
 
     @property
     def late_horizon(self) -> bool:
@@ -343,6 +353,7 @@ def parse(
     horizon_start=0,
     spike_rescale_start=0,
     spike_rescale_threshold=None,
+    horizon_trace="directions",
 ) -> Config:
     """Check every option of :func:`learning_rate_rates` and resolve them into a config."""
     if isinstance(rates, str) or not isinstance(rates, Sequence) and not _is_array(rates):
@@ -363,6 +374,7 @@ def parse(
     _nonnegative("normalizer_eps", normalizer_eps)
     _nonnegative("horizon", horizon, below=1.0)
     _step_number("horizon_start", horizon_start)
+    _choice("horizon_trace", horizon_trace, HORIZON_TRACES)
     if anneal_steps is not None:
         if isinstance(anneal_steps, bool):
             raise TypeError(
@@ -453,6 +465,7 @@ def parse(
         warmup_start=warmup_start,
         horizon=horizon,
         horizon_start=horizon_start,
+        horizon_trace=horizon_trace,
         direction=direction,
         schedule=schedule,
         granularities=granularities,

@@ -121,6 +121,15 @@ def _hypergradients(config: Config, grads, state: LearningRateRatesState) -> lis
     else:
         raw = jax.tree.map(once_per_signature(h0, grads), grads, state.prev_direction, like)
         hypergradients = [_reduce(raw, "parameter", config.granularities[0], state.etas[0])]
+    if config.trace_holds_updates:
+        # The trace sums the updates s_k·η_k·d_k: dividing by the last rate η_{n−1} gives the
+        # derivative for past rates perturbed in proportion to themselves, η_k(1 + γ^{n−1−k}δ
+        # / η_{n−1}), which at γ = 0 is the one-step h⁽⁰⁾. A rate of 0 gives 0 (it holds).
+        hypergradients[0] = jax.tree.map(
+            lambda h, eta: _zero_nonfinite(h / eta.astype(h.dtype)),
+            hypergradients[0],
+            state.etas[0],
+        )
     for j in range(1, config.order):
         size = config.ring_sizes[j - 1]
         alpha_old = jax.tree.map(
@@ -275,6 +284,8 @@ def _descent(config: Config, eta0_tree, directions, updates, state: LearningRate
         applied = jnp.asarray(scale).astype(e.dtype).astype(dtype) * d.astype(dtype)
         if config.direction is None:
             applied = _where_usable(d, applied)
+        if config.trace_holds_updates:
+            applied = e.astype(dtype) * applied
         if not config.one_step:
             horizon = jnp.asarray(config.horizon).astype(e.dtype).astype(dtype)
             if horizon_started is not None:

@@ -7,7 +7,7 @@ import optax
 
 from . import _options, _step
 from ._granularity import Granularity
-from ._options import DEFAULT_RATES, HORIZON, WARMUP_STEPS, Schedule
+from ._options import DEFAULT_RATES, HORIZON, WARMUP_STEPS, HorizonTrace, Schedule
 from ._rules import Rule
 
 Bounds = tuple[float | None, float | None]
@@ -30,6 +30,7 @@ def learning_rate_rates(
     warmup_start: float = 1e-3,
     horizon: float = HORIZON,
     horizon_start: int = 0,
+    horizon_trace: HorizonTrace = "directions",
     anneal_steps: float | None = 30,
     spike_threshold: float | None = 5.0,
     spike_rescale: bool = True,
@@ -120,6 +121,15 @@ def learning_rate_rates(
       horizon_start: the first step n whose trace keeps its past: before it γ counts as
         0 (u_{n+1} = s_n d_n), so the rates find their level during the transient with
         the one-step hypergradient and look back from then on. 0 by default.
+      horizon_trace: what the trace u_n sums. ``"directions"`` (the default): the steps
+        s_k·d_k, the derivative for every past rate perturbed by the same amount.
+        ``"updates"``: the updates applied, s_k·η⁽⁰⁾_k ⊙ d_k, with h⁽⁰⁾ divided by the last
+        rate η⁽⁰⁾_{n−1}: the derivative for every past rate perturbed in proportion to
+        itself, so steps taken at a smaller rate count less and the trace follows a
+        rate that has risen or fallen by decades. The same as ``"directions"`` at γ = 0.
+        With ``horizon=0.99, horizon_start=200``, ``lrr_adam`` is within 2× of tuned Adam
+        on a noisy quadratic where the one-step hypergradient is not
+        (``benchmarks/results/defaults.md``, eighteenth step).
       anneal_steps: K of the rates' annealing: every adapted order's step (after the
         clip) is multiplied by (1 + k/K)^(−1/2), k the steps that order has run, so that
         under noise the rates settle instead of random-walking. 30 by default; ``None``
@@ -202,6 +212,7 @@ def learning_rate_rates(
         warmup_start=warmup_start,
         horizon=horizon,
         horizon_start=horizon_start,
+        horizon_trace=horizon_trace,
         anneal_steps=anneal_steps,
         spike_threshold=spike_threshold,
         spike_rescale=spike_rescale,

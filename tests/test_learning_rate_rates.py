@@ -391,7 +391,9 @@ def test_overflowing_hypergradient_keeps_the_rate():
 
 
 @pytest.mark.parametrize(
-    "options", [{}, dict(horizon=0.35, horizon_start=5)], ids=["one step", "late horizon"]
+    "options",
+    [{}, dict(horizon=0.35, horizon_start=5), dict(horizon=0.9, horizon_trace="updates")],
+    ids=["one step", "late horizon", "trace of updates"],
 )
 @pytest.mark.parametrize("granularity", ["parameter", "tensor"])
 def test_nonfinite_gradients_with_the_adam_direction(granularity, options):
@@ -640,11 +642,14 @@ def _mean_loss(params, batches=12):
     return np.mean([float(PROBLEM.loss(params, n)) for n in range(batches)])
 
 
+@pytest.mark.parametrize(
+    "horizon", [{}, dict(horizon=0.9, horizon_trace="updates")], ids=["one step", "updates"]
+)
 @pytest.mark.parametrize("state_dtype", [None, jnp.float32])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64])
-def test_training_in_each_dtype(dtype, state_dtype):
+def test_training_in_each_dtype(dtype, state_dtype, horizon):
     # No warm-up: 12 steps of a ramp from 1e-3 are below float16's resolution.
-    tx = _tx3(state_dtype=state_dtype, rule="normalized", **PLAIN_STEPS)
+    tx = _tx3(state_dtype=state_dtype, rule="normalized", **PLAIN_STEPS, **horizon)
     stored = jnp.dtype(state_dtype or dtype)
     # Rates, α and moments: at least float32 by default; the normaliser always.
     rates_dtype = jnp.dtype(state_dtype or (jnp.float64 if dtype == jnp.float64 else jnp.float32))
@@ -666,11 +671,16 @@ def test_training_in_each_dtype(dtype, state_dtype):
     state = tx.init(params)
     types = jax.tree.map(jax.typeof, state)
     initial_loss = _mean_loss(params)
+    initial = [np.float64(INITIAL[j]).astype(rates_dtype) for j in range(len(state.etas))]
+    moved = [False] * len(state.etas)
     for n in range(12):
         updates, state = step(params, state, n)
         for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
             assert u.dtype == p.dtype  # updates always in the params' dtype
         params = optax.apply_updates(params, updates)
+        for j, eta in enumerate(state.etas):
+            # A rate that moved and came back (steps of ±η⁽ʲ⁺¹⁾) still adapted.
+            moved[j] |= bool(np.any(np.asarray(eta["w"], np.float64) != initial[j]))
     assert jax.tree.map(jax.typeof, state) == types
     for leaf in jax.tree.leaves((state.etas, state.alphas)):
         assert leaf.dtype == rates_dtype
@@ -680,9 +690,7 @@ def test_training_in_each_dtype(dtype, state_dtype):
     assert jax.tree.leaves(state.prev_direction)[0].dtype == stored
     assert _mean_loss(params) < initial_loss
     # Every order's rate adapts, even the small top-but-one, in half precision too.
-    for j, eta in enumerate(state.etas):
-        initial = np.float64(INITIAL[j]).astype(rates_dtype)
-        assert np.any(np.asarray(eta["w"], np.float64) != initial)
+    assert all(moved)
 
 
 @pytest.mark.parametrize("granularity", ["parameter", "tensor", "global"])

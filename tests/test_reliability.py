@@ -6,6 +6,7 @@ overflowing gradients and arguments that must be refused with a message saying w
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -188,6 +189,7 @@ def test_complex_parameters_with_the_adam_direction():
         (dict(clip=-1.0), ValueError, "positive"),
         (dict(horizon=1.0), ValueError, "horizon"),
         (dict(horizon_start=-1), ValueError, "horizon_start must be finite and >= 0"),
+        (dict(horizon_trace="steps"), ValueError, "horizon_trace 'steps'; pass one of"),
         (dict(horizon_start=2.5), TypeError, "horizon_start is a number of steps"),
         (dict(horizon_start=True), TypeError, "horizon_start is a number of steps"),
         (dict(warmup_steps=True), TypeError, "warmup is a number of steps"),
@@ -314,55 +316,91 @@ def test_a_huge_gradient_leaves_the_adam_state_finite():
 
 
 def _oracle_h0(
-    problem_loss, params, *, lr, beta, horizon, envelope, ramp, steps, granularity, start=0
+    problem_loss,
+    params,
+    *,
+    lr,
+    beta,
+    horizon,
+    envelope,
+    ramp,
+    steps,
+    granularity,
+    start=0,
+    relative=False,
 ):
     """∂J(θ_N)/∂δ where every past η⁽⁰⁾_k is perturbed by γ_{k+1}⋯γ_{N−1}·δ, gradients held
-    constant; γ_i = γ from step ``start`` on, 0 before it."""
+    constant; γ_i = γ from step ``start`` on, 0 before it. ``relative``: perturbed by that
+    times η⁽⁰⁾_k/η⁽⁰⁾_{N−1} instead, the trace summing the updates (``horizon_trace``)."""
     sg = jax.lax.stop_gradient
     gammas = [horizon if i >= start else 0.0 for i in range(steps)]
 
     def weight(n):
         return float(np.prod(gammas[n + 1 : steps]))
 
-    def loss_at_n(delta):
+    def run(delta, last_eta):
         theta, eta, u = params, lr, jax.tree.map(jnp.zeros_like, params)
         for n in range(steps + 1):
             g = sg(jax.grad(problem_loss)(theta, n))
             if n == steps:
-                return problem_loss(theta, n)
+                return problem_loss(theta, n), eta
             h = jax.tree.map(lambda g, u: -g * u, g, u)
             if granularity == "global":
                 h = sum(jnp.sum(x) for x in jax.tree.leaves(h))
+                h = h / eta if relative else h
                 eta = eta - beta * h
-                used = eta + weight(n) * delta
+                scale = eta / last_eta if relative else 1.0
+                used = eta + weight(n) * delta * scale
                 used = jax.tree.map(lambda _, used=used: used, g)
             else:
+                if relative:
+                    h = jax.tree.map(jnp.divide, h, eta)
                 eta = jax.tree.map(lambda e, h: e - beta * h, eta, h)
                 w = weight(n)
-                used = jax.tree.map(lambda e, d, w=w: e + w * d, eta, delta)
+                used = jax.tree.map(
+                    lambda e, d, last, w=w: e + w * d * (e / last if relative else 1.0),
+                    eta,
+                    delta,
+                    last_eta,
+                )
             # The schedule sees the step count as the library does, an int32.
             s = jnp.asarray(envelope(jnp.asarray(n, jnp.int32))).astype(jnp.float64) * ramp(n)
             theta = jax.tree.map(lambda p, e, g, s=s: p - s * e * g, theta, used, g)
-            u = jax.tree.map(lambda g, u, s=s, c=gammas[n]: s * g + c * u, g, u)
+            rates = jax.tree.map(lambda _, e=eta: e, g) if granularity == "global" else eta
+            applied = jax.tree.map(lambda e, g, s=s: s * (e if relative else 1.0) * g, rates, g)
+            u = jax.tree.map(lambda a, u, c=gammas[n]: a + c * u, applied, u)
 
     zero = 0.0 if granularity == "global" else jax.tree.map(jnp.zeros_like, params)
-    return jax.grad(loss_at_n)(jnp.asarray(zero) if granularity == "global" else zero)
+    zero = jnp.asarray(zero) if granularity == "global" else zero
+    # The rates do not depend on δ (gradients held constant): a first run finds η⁽⁰⁾_{N−1}.
+    _, last_eta = run(zero, lr)
+    return jax.grad(lambda delta: run(delta, sg(last_eta))[0])(zero)
 
 
 @pytest.mark.parametrize("granularity", ["parameter", "global"])
 @pytest.mark.parametrize(
-    "horizon, schedule, warmup_steps, horizon_start",
+    "horizon, schedule, warmup_steps, horizon_start, horizon_trace",
     [
-        (0.0, True, 0, 0),
-        (0.7, False, 0, 0),
-        (0.0, False, 4, 0),
-        (0.5, True, 3, 0),
-        (0.7, True, 3, 4),
+        (0.0, True, 0, 0, "directions"),
+        (0.7, False, 0, 0, "directions"),
+        (0.0, False, 4, 0, "directions"),
+        (0.5, True, 3, 0, "directions"),
+        (0.7, True, 3, 4, "directions"),
+        (0.7, False, 0, 0, "updates"),
+        (0.5, True, 3, 2, "updates"),
     ],
-    ids=["envelope", "horizon", "warmup", "all", "late horizon"],
+    ids=[
+        "envelope",
+        "horizon",
+        "warmup",
+        "all",
+        "late horizon",
+        "trace of updates",
+        "trace of updates, all",
+    ],
 )
 def test_envelope_warmup_and_horizon_hypergradients_are_exact(
-    granularity, horizon, schedule, warmup_steps, horizon_start
+    granularity, horizon, schedule, warmup_steps, horizon_start, horizon_trace
 ):
     from .problems import PROBLEMS
 
@@ -385,6 +423,7 @@ def test_envelope_warmup_and_horizon_hypergradients_are_exact(
         bounds=None,
         horizon=horizon,
         horizon_start=horizon_start,
+        horizon_trace=horizon_trace,
         warmup_steps=warmup_steps,
         warmup_start=start,
         anneal_steps=None,  # the NumPy oracle of tests/oracle.py checks the annealing
@@ -405,9 +444,47 @@ def test_envelope_warmup_and_horizon_hypergradients_are_exact(
         steps=steps,
         granularity=granularity,
         start=horizon_start,
+        relative=horizon_trace == "updates",
     )
     actual = aux.hypergradients[0]
     flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])  # noqa: E731
     scale = np.max(np.abs(flat(expected)))
     assert scale > 0
     assert np.max(np.abs(flat(actual) - flat(expected))) / scale < 1e-10
+
+
+@pytest.mark.parametrize("granularity", ["parameter", "tensor"])
+def test_a_trace_of_updates_at_a_horizon_of_0_is_the_one_step_hypergradient(granularity):
+    # A traced γ (here 0) runs the trace of updates, where a concrete 0 keeps the one-step
+    # trace: it divides s·η·d by η again, so rates, updates and h⁽⁰⁾ match to rounding.
+    from .problems import PROBLEMS
+
+    problem = PROBLEMS["regression"]
+    params = problem.params(jnp.float64)
+
+    def run(horizon, horizon_trace):
+        direction = optax_promotion(optax.scale_by_adam())
+        tx = T(
+            0.05,
+            direction=direction,
+            granularity=granularity,
+            horizon=horizon,
+            horizon_trace=horizon_trace,
+        )
+        step = lrr_optax.update_with_hypergradients(tx)
+        state, theta, hs = tx.init(params), params, []
+        for n in range(6):
+            updates, state, aux = step(jax.grad(problem.loss)(theta, n), state, theta)
+            theta = optax.apply_updates(theta, updates)
+            hs.append(aux.hypergradients[0])
+        return theta, state.etas, hs
+
+    traced = jax.jit(run, static_argnums=1)
+    zero = jnp.zeros((), jnp.float64)
+    chex.assert_trees_all_close(
+        traced(zero, "updates"), traced(zero, "directions"), rtol=1e-12, atol=0
+    )
+    # From γ > 0 on the two traces differ: the option is not a no-op.
+    half = jnp.full((), 0.5, jnp.float64)
+    with pytest.raises(AssertionError):
+        chex.assert_trees_all_close(traced(half, "updates"), traced(half, "directions"), rtol=1e-6)
