@@ -79,8 +79,7 @@ def lrr_sgd(
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``bounds``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``horizon_trace``,
-        ``anneal_steps``,
-        ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start``,
+        ``anneal_steps``, ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start``,
         ``spike_rescale_threshold``, ``element_share`` and ``anchor``.
 
     Returns:
@@ -179,10 +178,9 @@ def lrr_adam(
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``horizon_trace``,
-        ``anneal_steps``,
-        ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start`` (``None`` here:
-        the rescale starts when the warm-up ramp ends), ``spike_rescale_threshold`` (30
-        here), ``element_share`` and ``anchor``.
+        ``anneal_steps``, ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start``
+        (``None`` here: the rescale starts when the warm-up ramp ends),
+        ``spike_rescale_threshold`` (30 here), ``element_share`` and ``anchor``.
       bounds: as in :func:`learning_rate_rates`, but ``(0, 1)`` by default: an Adam
         direction's coordinates are at most (1 − β₁)/√(1 − β₂) ≈ 3.2, so η⁽⁰⁾ ≤ 1 keeps
         every coordinate's step below about 3: near convergence the hypergradient would
@@ -281,10 +279,9 @@ def lrr_adamw(
       schedule: as in :func:`learning_rate_rates`, and so are ``granularity``, ``rule``,
         ``clip``, ``state_dtype``, ``normalizer_decay``, ``normalizer_eps``,
         ``warmup_steps``, ``warmup_start``, ``horizon``, ``horizon_start``, ``horizon_trace``,
-        ``anneal_steps``,
-        ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start`` (``None`` here, as
-        in :func:`lrr_adam`), ``spike_rescale_threshold`` (30, as there),
-        ``element_share`` and ``anchor``.
+        ``anneal_steps``, ``spike_threshold``, ``spike_rescale``, ``spike_rescale_start``
+        (``None`` here, as in :func:`lrr_adam`), ``spike_rescale_threshold`` (30, as
+        there), ``element_share`` and ``anchor``.
       bounds: as in :func:`lrr_adam`: ``(0, 1)`` by default.
 
     Returns:
